@@ -1,0 +1,161 @@
+"""Synthesised layers a warp alone cannot make: the mouth interior and moving irises.
+
+A warp only moves pixels the portrait already has. Opening a closed mouth would stretch lip
+pixels into the gap, so inside the *target* inner-lip polygon we paint a cavity: dark and shaded
+towards the back, an upper-teeth band hanging from the upper lip, a lower band riding on the jaw,
+a tongue, all coloured from the portrait's own lip and skin tones. Gaze needs the eye white
+behind the iris, which preparation inpainted once (``crop_no_iris``); here the iris disc is
+pasted at its new place and clipped by the (possibly blinking) lids.
+
+Everything works on small regions of interest around the mouth and eyes to stay well under a
+millisecond per frame.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from engines import face_topology as ft
+
+SUBPIXEL_BITS = 3  # cv2.fillPoly fixed-point precision: 1/8 px edges
+UPPER_TEETH = 0.10  # band height, × eye distance
+LOWER_TEETH = 0.06
+CAVITY_FULL_AT = 0.05  # opening (× eye distance) beyond the source's at which the layer is opaque
+GAZE_FULL_AT = 0.08  # |gaze| at which the iris layer is fully on
+BLINK_FADE = (0.55, 0.95)  # blink amount over which the closed-lid plate fades in
+
+
+def _roi(points: np.ndarray, margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    x0, y0 = np.floor(points.min(axis=0) - margin).astype(int)
+    x1, y1 = np.ceil(points.max(axis=0) + margin).astype(int)
+    h, w = shape
+    return max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+
+
+def _polygon_mask(poly: np.ndarray, roi: tuple[int, int, int, int], blur: int = 3) -> np.ndarray:
+    x0, y0, x1, y1 = roi
+    mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+    pts = np.round((poly - (x0, y0)) * (1 << SUBPIXEL_BITS)).astype(np.int32)
+    cv2.fillPoly(mask, [pts], 1.0, lineType=cv2.LINE_AA, shift=SUBPIXEL_BITS)
+    if blur > 1:
+        mask = cv2.GaussianBlur(mask, (blur, blur), 0)
+    return mask
+
+
+def mouth_opening(points: np.ndarray) -> float:
+    """Gap between the inner lips at the middle of the mouth, pixels (negative = overlapping)."""
+    return float(points[14, 1] - points[13, 1])
+
+
+def composite_mouth(frame: np.ndarray, points: np.ndarray, source_points: np.ndarray,
+                    palette: dict[str, np.ndarray], eye_distance: float) -> None:
+    """Paint the mouth interior in place where the target mouth is open beyond the source's."""
+    extra = mouth_opening(points) - max(mouth_opening(source_points), 0.0)
+    strength = float(np.clip(extra / (CAVITY_FULL_AT * eye_distance), 0.0, 1.0))
+    if strength <= 0.0:
+        return
+    upper = points[list(ft.LIPS_UPPER_INNER)]
+    lower = points[list(ft.LIPS_LOWER_INNER)]
+    poly = np.concatenate([upper, lower[::-1]])
+    roi = _roi(poly, 3.0, frame.shape[:2])
+    x0, y0, x1, y1 = roi
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    alpha = _polygon_mask(poly, roi) * strength
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    # Lip lines as functions of x (the aligned crop keeps the mouth roughly horizontal).
+    order_u, order_l = np.argsort(upper[:, 0]), np.argsort(lower[:, 0])
+    y_up = np.interp(xs[0], upper[order_u, 0], upper[order_u, 1])[None, :]
+    y_lo = np.interp(xs[0], lower[order_l, 0], lower[order_l, 1])[None, :]
+    centre = float(upper[:, 0].mean())
+    half = max(float(np.ptp(upper[:, 0])) / 2, 1.0)
+    across = np.clip(np.abs(xs - centre) / half, 0.0, 1.0)  # 0 mid-mouth → 1 corners
+    depth = 1.0 - 0.45 * across**2  # sides are deeper in the mouth: darker
+    gap = np.maximum(y_lo - y_up, 1.0)
+    t = np.clip((ys - y_up) / gap, 0.0, 1.0)  # 0 at the upper lip → 1 at the lower lip
+    cavity = palette["cavity"] * (0.7 + 0.3 * (1 - np.abs(t - 0.5) * 2))[..., None]
+    layer = np.broadcast_to(cavity, (*alpha.shape, 3)).copy()
+    # Tongue: low in the mouth, only once it is open enough to see it.
+    tongue_w = np.clip((t - 0.55) / 0.3, 0, 1) * np.clip(gap / (0.25 * eye_distance), 0, 1)
+    layer += (palette["tongue"] * 0.8 - layer) * tongue_w[..., None] * 0.8
+    # Teeth: bands hanging from the upper lip and rising from the lower lip, soft-edged.
+    up_band = np.clip((UPPER_TEETH * eye_distance - (ys - y_up)) / 1.5, 0, 1)
+    lo_band = np.clip((LOWER_TEETH * eye_distance - (y_lo - ys)) / 1.5, 0, 1) * 0.85
+    # Separations between teeth: faint darker lines, spaced by an incisor width.
+    tooth = 0.09 * eye_distance
+    seams = 1.0 - 0.07 * np.exp(-(((xs - centre) / tooth) % 1.0 - 0.5) ** 2 / 0.004)
+    teeth = palette["teeth"] * (depth * seams)[..., None]
+    for band in (up_band, lo_band):
+        w = (band * (1 - across**4))[..., None]
+        layer += (teeth - layer) * w
+    layer *= depth[..., None] ** 0.5
+    region = frame[y0:y1, x0:x1].astype(np.float32)
+    a = alpha[..., None]
+    frame[y0:y1, x0:x1] = np.clip(region + (layer - region) * a, 0, 255).astype(np.uint8)
+
+
+def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndarray,
+                     gaze: float, source: np.ndarray, plate: np.ndarray,
+                     source_points: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> None:
+    """Move the irises by ``iris_offset`` inside the target eye openings (in place).
+
+    ``plate`` is the iris-free crop; it is warped with the frame's own maps inside each eye's
+    region, so the eye white follows the head exactly like the rest of the face.
+    """
+    strength = float(np.clip(gaze / GAZE_FULL_AT, 0.0, 1.0))
+    if strength <= 0.0:
+        return
+    eyes = (
+        (ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER, ft.RIGHT_IRIS, 0),
+        (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER, ft.LEFT_IRIS, 1),
+    )
+    for upper, lower, iris, k in eyes:
+        opening = np.concatenate([points[list(upper)], points[list(lower[::-1])]])
+        roi = _roi(opening, 2.0, frame.shape[:2])
+        x0, y0, x1, y1 = roi
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            continue
+        base = cv2.remap(plate, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        # The iris disc from the source, placed at the posed centre plus the gaze shift.
+        c_src = source_points[iris[0]]
+        radius = float(np.linalg.norm(source_points[list(iris[1:])] - c_src, axis=1).mean())
+        c_dst = points[iris[0]] + iris_offset[k]
+        shift = np.float32([[1, 0, c_dst[0] - c_src[0] - x0], [0, 1, c_dst[1] - c_src[1] - y0]])
+        iris_px = cv2.warpAffine(source, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        r = np.hypot(xs - c_dst[0], ys - c_dst[1])
+        disc = np.clip(radius * 1.05 - r + 0.5, 0.0, 1.0)[..., None]
+        eye = base + (iris_px - base) * disc
+        a = _polygon_mask(opening, roi) * strength
+        region = frame[y0:y1, x0:x1].astype(np.float32)
+        frame[y0:y1, x0:x1] = np.clip(region + (eye - region) * a[..., None], 0, 255).astype(
+            np.uint8)
+
+
+def composite_lids(frame: np.ndarray, points: np.ndarray, blink: tuple[float, float],
+                   plate: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
+                   eye_distance: float) -> None:
+    """Fade in the skinned-over eye (``plate``, warped like the frame) as each blink completes."""
+    eyes = ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER, blink[0]),
+            (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER, blink[1]))
+    for upper, lower, amount in eyes:
+        strength = float(np.clip((amount - BLINK_FADE[0]) / (BLINK_FADE[1] - BLINK_FADE[0]), 0, 1))
+        if strength <= 0.0:
+            continue
+        outline = np.concatenate([points[list(upper)], points[list(lower[::-1])]])
+        roi = _roi(outline, 0.12 * eye_distance, frame.shape[:2])
+        x0, y0, x1, y1 = roi
+        if x1 - x0 < 3 or y1 - y0 < 3:
+            continue
+        closed = cv2.remap(plate, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        # A soft ellipse around the eye: the plate differs from the frame only near the eye.
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        ell = ((xs - cx) / ((x1 - x0) / 2)) ** 2 + ((ys - cy) / ((y1 - y0) / 2)) ** 2
+        a = (np.clip((1.0 - ell) / 0.35, 0, 1) * strength)[..., None]
+        region = frame[y0:y1, x0:x1].astype(np.float32)
+        frame[y0:y1, x0:x1] = np.clip(region + (closed - region) * a, 0, 255).astype(np.uint8)
