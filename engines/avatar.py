@@ -42,7 +42,7 @@ EYE_LINE = 0.42  # height of the eye line in the crop, × crop side
 MIN_EYE_DISTANCE = 24  # pixels between the pupils in the original image
 DETECT_MAX_SIDE = 1024  # detection runs on a copy no larger than this
 FULL_MAX_SIDE = 1280  # full-frame output: the portrait fitted within this side
-NECK_FADE = (0.25, 1.0)  # motion fades from 1 to 0 this far below the chin, × eye distance
+NECK_FADE = (0.45, 1.5)  # motion fades from 1 to 0 this far below the chin, × eye distance
 MASK_FEATHER = 0.22  # Gaussian sigma of the motion mask, × eye distance: keeps the flow unfolded
 BORDER_RAMP = 0.06  # motion fades to 0 this close to the crop border, × crop side
 PACK_FORMAT = 1
@@ -248,6 +248,7 @@ def motion_weight(lm: np.ndarray, person: np.ndarray, size: int) -> np.ndarray:
     xs = np.arange(size, dtype=np.float32)
     edge = np.clip(np.minimum(xs, size - 1 - xs) / ramp_px, 0.0, 1.0)
     weight *= edge[None, :] * edge[:, None]
+    weight[weight < 1e-3] = 0.0  # exactly still, not almost: the background is never resampled
     return np.clip(weight, 0.0, 1.0).astype(np.float32)
 
 

@@ -51,7 +51,10 @@ def mouth_opening(points: np.ndarray) -> float:
 def composite_mouth(frame: np.ndarray, points: np.ndarray, source_points: np.ndarray,
                     palette: dict[str, np.ndarray], eye_distance: float) -> None:
     """Paint the mouth interior in place where the target mouth is open beyond the source's."""
-    extra = mouth_opening(points) - max(mouth_opening(source_points), 0.0)
+    source_gap = max(mouth_opening(source_points), 0.0)
+    extra = mouth_opening(points) - source_gap
+    if extra < 0.0 and source_gap > 1.0:
+        _seal_lips(frame, points, palette, eye_distance, min(-extra / source_gap, 1.0))
     strength = float(np.clip(extra / (CAVITY_FULL_AT * eye_distance), 0.0, 1.0))
     if strength <= 0.0:
         return
@@ -93,6 +96,25 @@ def composite_mouth(frame: np.ndarray, points: np.ndarray, source_points: np.nda
     region = frame[y0:y1, x0:x1].astype(np.float32)
     a = alpha[..., None]
     frame[y0:y1, x0:x1] = np.clip(region + (layer - region) * a, 0, 255).astype(np.uint8)
+
+
+def _seal_lips(frame: np.ndarray, points: np.ndarray, palette: dict[str, np.ndarray],
+               eye_distance: float, amount: float) -> None:
+    """Where a portrait's open mouth is closed (/p b m/), draw the line where the lips meet.
+
+    Without it the squeezed strip of the source's teeth shows as a bright thread between lips.
+    """
+    mid = (points[list(ft.LIPS_UPPER_INNER)] + points[list(ft.LIPS_LOWER_INNER)]) / 2
+    roi = _roi(mid, 0.08 * eye_distance + 3, frame.shape[:2])
+    x0, y0, x1, y1 = roi
+    mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+    line = np.round((mid - (x0, y0)) * (1 << SUBPIXEL_BITS)).astype(np.int32)
+    thick = max(1, int(round(0.02 * eye_distance)))
+    cv2.polylines(mask, [line], False, 1.0, thick, lineType=cv2.LINE_AA, shift=SUBPIXEL_BITS)
+    a = (cv2.GaussianBlur(mask, (3, 3), 0) * 0.8 * amount)[..., None]
+    seam = palette["lip"] * 0.8
+    region = frame[y0:y1, x0:x1].astype(np.float32)
+    frame[y0:y1, x0:x1] = np.clip(region + (seam - region) * a, 0, 255).astype(np.uint8)
 
 
 def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndarray,

@@ -26,6 +26,8 @@ from engines.motion import INDEX
 from engines.rig import Rig, RigPose
 from engines.warp import ThinPlateFlow
 
+SEAM_WIDENING = 1.0  # blend width beyond the mouth corners grows this many px per px of distance
+SEAM_MAX_RAMP = 0.25  # ... up to this width, × eye distance
 _UPPER_INNER = np.array(ft.LIPS_UPPER_INNER[1:-1])
 _LOWER_INNER = np.array(ft.LIPS_LOWER_INNER[1:-1])
 
@@ -117,17 +119,23 @@ class Renderer:
         # Per-pixel choice along the exact target mouth line (extended flat beyond the corners):
         # a clean lip edge with no grid staircase. Only the rows around the mouth need the test;
         # above them the upper field applies, below them the lower one.
-        lips = target[list(ft.LIPS_UPPER_OUTER + ft.LIPS_LOWER_OUTER)]
-        margin = 0.3 * self.eye_distance
-        y0 = max(int(np.floor(lips[:, 1].min() - margin)), 0)
-        y1 = min(int(np.ceil(lips[:, 1].max() + margin)), self.pack.size)
         mid = (target[list(ft.LIPS_UPPER_INNER)] + target[list(ft.LIPS_LOWER_INNER)]) / 2
         order = np.argsort(mid[:, 0])
-        line_y = np.interp(np.arange(self.pack.size) + 0.5, mid[order, 0], mid[order, 1])
-        below = np.arange(y0, y1)[:, None] + 0.5 > line_y[None, :]
+        xs = np.arange(self.pack.size) + 0.5
+        line_y = np.interp(xs, mid[order, 0], mid[order, 1])
+        # Inside the mouth the cut is sharp (one anti-aliased pixel); beyond the corners the two
+        # fields differ only by a fading remainder, blended over a ramp that widens with the
+        # distance from the corner (up to a cap) so the map stays continuous and unfolded there.
+        cap = SEAM_MAX_RAMP * self.eye_distance
+        outside = np.maximum(mid[order[0], 0] - xs, 0) + np.maximum(xs - mid[order[-1], 0], 0)
+        ramp = np.minimum(1.0 + SEAM_WIDENING * outside, cap)
+        y0 = max(int(np.floor(line_y.min() - cap)), 0)
+        y1 = min(int(np.ceil(line_y.max() + cap)), self.pack.size)
+        t = np.clip((np.arange(y0, y1)[:, None] + 0.5 - line_y[None, :]) / ramp + 0.5, 0, 1)
+        t = t.astype(np.float32)
         map_x[y1:], map_y[y1:] = low_x[y1:], low_y[y1:]
-        map_x[y0:y1] = np.where(below, low_x[y0:y1], map_x[y0:y1])
-        map_y[y0:y1] = np.where(below, low_y[y0:y1], map_y[y0:y1])
+        map_x[y0:y1] += (low_x[y0:y1] - map_x[y0:y1]) * t
+        map_y[y0:y1] += (low_y[y0:y1] - map_y[y0:y1]) * t
         return map_x, map_y
 
     def paste_back(self, crop: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ PIVOT_BEHIND_FACE = 0.7  # × s behind the face outline: roughly the neck's axis
 PIVOT_BELOW_BRIDGE = 0.35  # × s below the nose bridge: ear height
 
 # Expression magnitudes, × s.
-JAW_DROP = 0.42
+JAW_DROP = 0.32
 JAW_NARROW = 0.04
 STRETCH = 0.12
 ROUND_IN = 0.13

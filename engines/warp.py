@@ -96,6 +96,9 @@ class ThinPlateFlow:
         phi = (a @ inv) * grid_weight.reshape(-1)[active, None]
         self._phi = np.ascontiguousarray(phi, dtype=np.float32)  # (G_active, N)
         self._grid_xy = grid_xy.reshape(gh, gw, 2)
+        # Upsampling blurs the grid's zeros into their 4-px neighbourhood: this mask cuts the
+        # flow back to exactly zero wherever the weight is zero (background really never moves).
+        self._moving = (weight > 0).astype(np.float32)[..., None]
         self.n_controls = n
 
     def forward_field(self, displacements: np.ndarray) -> np.ndarray:
@@ -147,7 +150,7 @@ class ThinPlateFlow:
     def maps(self, backward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full-resolution ``cv2.remap`` maps from a coarse backward displacement."""
         h, w = self.grid.height, self.grid.width
-        full = cv2.resize(backward, (w, h), interpolation=cv2.INTER_LINEAR)
+        full = cv2.resize(backward, (w, h), interpolation=cv2.INTER_LINEAR) * self._moving
         ident_x = np.arange(w, dtype=np.float32)[None, :]
         ident_y = np.arange(h, dtype=np.float32)[:, None]
         return full[..., 0] + ident_x, full[..., 1] + ident_y

@@ -1,0 +1,55 @@
+# Vivify — the two commands: `make run` (set up everything, start the main job) and
+# `make test` (set up, run the tests). Every target is idempotent; stamps skip finished work.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := .stamps
+APT_PACKAGES := espeak-ng sox
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup run test lint typecheck demo clean system-deps
+
+setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
+
+# Debian packages: espeak-ng is the demo voice and makes the test speech; sox checks audio.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Face model files, taken from the mediapipe 0.10.21 wheel on PyPI and checked by sha256.
+$(STAMPS)/models: $(STAMPS)/venv engines/model_store.py
+	$(PY) -m streamer.cli fetch-models
+	@touch $@
+
+$(STAMPS)/avatar: $(STAMPS)/models
+	$(PY) -m streamer.cli prepare default >/dev/null
+	@touch $@
+
+run: setup
+	$(PY) -m streamer.cli demo -o out/demo.mp4 --progress
+
+demo: run
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: $(STAMPS)/venv
+	$(VENV)/bin/ruff check engines streamer export tests
+	$(VENV)/bin/mypy
+
+typecheck: lint
+
+clean:
+	rm -rf $(STAMPS) out build *.egg-info

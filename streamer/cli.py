@@ -1,0 +1,140 @@
+"""``vivify``: the command line. Each subcommand is a thin shell over engines/ and streamer/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from engines.default_avatar import default_portrait_path, resolve_portrait
+from engines.errors import AvatarInputError
+
+DEMO_SENTENCE = (
+    "Hello! I am a portrait brought to life by Vivify. "
+    "Every frame you see is made from one photo and this voice."
+)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from streamer.offline import RenderOptions, render_file
+
+    opts = RenderOptions(fps=args.fps, size=args.size, full_frame=args.full_frame,
+                         driver=args.driver, emotion=args.emotion, intensity=args.intensity,
+                         seed=args.seed)
+    bar = tqdm(unit="frame", disable=args.quiet or not sys.stderr.isatty() and not args.progress)
+
+    def progress(done: int, total: int | None) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = render_file(resolve_portrait(args.portrait), args.audio, args.output, opts,
+                             progress=progress)
+    finally:
+        bar.close()
+    print(f"wrote {report.output} ({report.width}×{report.height}, {report.frames} frames, "
+          f"{report.audio_seconds:.1f} s of audio) in {report.wall_seconds:.1f} s = "
+          f"{report.realtime_factor:.2f}× real time")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from engines.avatar import AvatarPreparer, avatars_dir
+
+    pack = AvatarPreparer().prepare(resolve_portrait(args.portrait), size=args.size,
+                                    use_cache=not args.no_cache)
+    info = dict(pack.meta, key=pack.key, cache=str(avatars_dir() / pack.key))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_fetch_models(args: argparse.Namespace) -> int:
+    from engines.model_store import fetch_models
+
+    where = fetch_models(wheel=args.wheel)
+    print(f"face models ready in {where}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """``make run``'s main job until the server lands: speak a sentence, render it."""
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wav = out.with_suffix(".wav")
+    try:
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), DEMO_SENTENCE],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"espeak-ng is needed for the demo voice (make setup installs it): {exc}",
+              file=sys.stderr)
+        return 1
+    args.portrait, args.audio = str(default_portrait_path()), str(wav)
+    code = _cmd_render(args)
+    print(f"demo video: {out.resolve()}")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vivify", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def render_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--fps", type=int, default=25, help="frames per second (25)")
+        p.add_argument("--size", type=int, default=512, help="face crop side in pixels (512)")
+        p.add_argument("--full-frame", action="store_true",
+                       help="paste the face back into the whole portrait")
+        p.add_argument("--driver", default="baseline", help="motion driver (baseline)")
+        p.add_argument("--emotion", default="neutral",
+                       help="neutral, happy, sad, surprised or angry")
+        p.add_argument("--intensity", type=float, default=1.0, help="emotion intensity 0..1")
+        p.add_argument("--seed", type=int, default=0, help="seed for blinks and head motion")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--progress", action="store_true", help="progress bar even when piped")
+
+    p = sub.add_parser("render", help="render a talking-head video from a portrait and audio")
+    p.add_argument("--portrait", required=True, help="image file, or 'default'")
+    p.add_argument("--audio", required=True, help="any audio (or video) file ffmpeg reads")
+    p.add_argument("-o", "--output", required=True, help="output .mp4")
+    render_flags(p)
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("prepare", help="prepare (and cache) an avatar from a portrait")
+    p.add_argument("portrait", help="image file, or 'default'")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("fetch-models", help="fetch the face model files (setup step)")
+    p.add_argument("--wheel", type=Path, default=None, help="use this mediapipe wheel file")
+    p.set_defaults(func=_cmd_fetch_models)
+
+    p = sub.add_parser("demo", help="render a demo clip of the default avatar")
+    p.add_argument("-o", "--output", default="out/demo.mp4")
+    render_flags(p)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except AvatarInputError as exc:
+        print(f"vivify: portrait rejected ({exc.code}): {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"vivify: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
