@@ -8,7 +8,7 @@ STAMPS := .stamps
 APT_PACKAGES := espeak-ng sox
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint typecheck demo clean system-deps
+.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
@@ -53,3 +53,9 @@ typecheck: lint
 
 clean:
 	rm -rf $(STAMPS) out build *.egg-info
+
+# Stage timings on ONE core (renderer, paste-back, preparation, offline render speed).
+bench-stages: setup
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 0 $(PY) bench/stages.py
+
+bench: bench-stages

@@ -137,10 +137,11 @@ def _decoded_mono(source: AudioSource) -> Iterator[np.ndarray]:
                     resampler = _new_resampler()
                 signature = _frame_signature(frame)
                 yield from _to_mono(resampler.resample(frame))
-        if signature is None and corrupt:
-            raise AudioDecodeError(f"corrupt audio: {_name(source)}: no packet could be decoded")
         if signature is not None:
             yield from _to_mono(resampler.resample(None))
+        elif corrupt or _declared_duration(container, stream):
+            # e.g. a flac whose frames are all garbage: the demuxer finds nothing to decode
+            raise AudioDecodeError(f"corrupt audio: {_name(source)}: no audio could be decoded")
 
 
 def iter_audio(
@@ -189,10 +190,16 @@ def probe_duration(source: AudioSource) -> float | None:
     for progress bars and limits, not for frame counts: count decoded samples for those.
     """
     with _open_audio(source) as (container, stream):
-        if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
-            return float(stream.duration * stream.time_base)
-        if container.duration is not None and container.duration > 0:
-            return container.duration / av.time_base
+        return _declared_duration(container, stream)
+
+
+def _declared_duration(container: av.container.InputContainer, stream: av.AudioStream
+                       ) -> float | None:
+    """Seconds from the stream header, else from the container; None when neither says."""
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
     return None
 
 

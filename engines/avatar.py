@@ -46,6 +46,7 @@ NECK_FADE = (0.45, 1.5)  # motion fades from 1 to 0 this far below the chin, × 
 MASK_FEATHER = 0.22  # Gaussian sigma of the motion mask, × eye distance: keeps the flow unfolded
 BORDER_RAMP = 0.06  # motion fades to 0 this close to the crop border, × crop side
 PACK_FORMAT = 1
+_EYES = ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER), (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER))
 
 
 @dataclass
@@ -66,7 +67,8 @@ class AvatarPack:
     palette: dict[str, np.ndarray]  # RGB float32 colours: lip, skin, teeth, cavity
     meta: dict[str, Any] = field(default_factory=dict)
 
-    _ARRAYS = ("crop", "crop_no_iris", "crop_lids", "landmarks", "motion_weight", "full", "crop_to_full")
+    _ARRAYS = ("crop", "crop_no_iris", "crop_lids", "landmarks", "motion_weight", "full",
+               "crop_to_full")
 
     def save(self, directory: Path) -> None:
         """Write atomically: a temporary sibling directory renamed into place."""
@@ -189,7 +191,7 @@ class AvatarPreparer:
         faces = self.analyzer.detect(small)
         if f == 1.0:
             return faces
-        return [type(d)(box=tuple(v / f for v in d.box), score=d.score,  # type: ignore[arg-type]
+        return [type(d)(box=tuple(v / f for v in d.box), score=d.score,
                         keypoints=d.keypoints / f) for d in faces]
 
 
@@ -257,7 +259,7 @@ def _full_frame(rgb: np.ndarray, to_crop: np.ndarray) -> tuple[np.ndarray, np.nd
     h, w = rgb.shape[:2]
     f = min(1.0, FULL_MAX_SIDE / max(h, w))
     # Even sizes: H.264 in 4:2:0 needs them.
-    fw, fh = max(2, int(round(w * f)) // 2 * 2), max(2, int(round(h * f)) // 2 * 2)
+    fw, fh = max(2, round(w * f) // 2 * 2), max(2, round(h * f) // 2 * 2)
     full = rgb if (fw, fh) == (w, h) else cv2.resize(rgb, (fw, fh), interpolation=cv2.INTER_AREA)
     to_full = np.diag([fw / w, fh / h])
     crop_to_src = cv2.invertAffineTransform(to_crop)
@@ -278,11 +280,11 @@ def _paint_out_irises(crop: np.ndarray, lm: np.ndarray) -> np.ndarray:
                          (ft.LEFT_IRIS_CENTER, ft.LEFT_IRIS[1:])):
         c = lm[centre, :2]
         r = float(np.linalg.norm(lm[list(ring), :2] - c, axis=1).mean())
-        cv2.circle(mask, (int(round(c[0])), int(round(c[1]))), int(np.ceil(r * 1.25)), 255, -1)
+        cv2.circle(mask, (round(c[0]), round(c[1])), int(np.ceil(r * 1.25)), 255, -1)
     openings = np.zeros_like(mask)
-    for up, lo in ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER), (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER)):
+    for up, lo in _EYES:
         cv2.fillPoly(openings, [np.round(eye_polygon(lm, up, lo)).astype(np.int32)], 255)
-    mask &= cv2.dilate(openings, np.ones((3, 3), np.uint8))
+    mask &= np.asarray(cv2.dilate(openings, np.ones((3, 3), np.uint8)), dtype=np.uint8)
     bgr = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
     out = cv2.inpaint(bgr, mask, 5, cv2.INPAINT_TELEA)
     return cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
@@ -296,21 +298,22 @@ def _paint_closed_lids(crop: np.ndarray, lm: np.ndarray) -> np.ndarray:
     """
     eye_dist = float(np.linalg.norm(lm[ft.LEFT_IRIS_CENTER, :2] - lm[ft.RIGHT_IRIS_CENTER, :2]))
     mask = np.zeros(crop.shape[:2], np.uint8)
-    for up, lo in ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER), (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER)):
+    for up, lo in _EYES:
         cv2.fillPoly(mask, [np.round(eye_polygon(lm, up, lo)).astype(np.int32)], 255)
-    grow = max(3, int(round(0.04 * eye_dist)))
-    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
+    grow = max(3, round(0.04 * eye_dist))
+    mask = np.asarray(cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow))),
+                      dtype=np.uint8)
     bgr = cv2.cvtColor(crop, cv2.COLOR_RGB2BGR)
     out = cv2.cvtColor(cv2.inpaint(bgr, mask, grow, cv2.INPAINT_TELEA), cv2.COLOR_BGR2RGB)
     # Lashes: the darkest tone along the upper lid, drawn where the closed lids meet.
-    for up, lo in ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER), (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER)):
+    for up, lo in _EYES:
         upper, lower = lm[list(up), :2], lm[list(lo), :2]
         lid = crop[np.clip(np.round(upper[:, 1]).astype(int), 0, crop.shape[0] - 1),
                    np.clip(np.round(upper[:, 0]).astype(int), 0, crop.shape[1] - 1)]
         colour = lid.astype(np.float32).min(axis=0) * 0.8
         closed = lower + 0.15 * (upper - lower)
         line = np.round(closed * 8).astype(np.int32)
-        thick = max(1, int(round(0.02 * eye_dist)))
+        thick = max(1, round(0.02 * eye_dist))
         layer = out.copy()
         cv2.polylines(layer, [line], False, tuple(float(c) for c in colour), thick,
                       lineType=cv2.LINE_AA, shift=3)

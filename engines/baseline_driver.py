@@ -14,13 +14,14 @@ Mouth — from the audio around the frame
       default): a fixed curve, no whole-clip normalisation, so it streams; at or below the gate
       (silence, −40 dBFS room noise) the mouth is closed.
     * Brightness = level(1800–3500 Hz) − level(200–1200 Hz), i.e. F2 against F1: spread front
-      vowels ('ee') are bright (about −4 dB) → ``lip_stretch``. Dark frames (< −7 dB) are back
-      vowels; they get ``lip_round`` only when the power centroid of 200–1200 Hz (a crude F1) is
-      low (< 450 Hz: 'oo', 'o'); open vowels ('ah', F1 ≈ 800 Hz) are dark too but unrounded: the
-      jaw shows them. Both are weighted by how voiced the frame is.
+      vowels ('ee') are bright (about −4 dB) → ``lip_stretch`` (ramp −8..−3 dB). Dark frames
+      (ramp −5..−9 dB) are back vowels; they get ``lip_round`` only when the power centroid of
+      200–1200 Hz (a crude F1) is low (full below 450 Hz: 'oo', 'o'; none above 750 Hz): open
+      vowels ('ah', F1 ≈ 800 Hz) are dark too but unrounded, the jaw shows them. Both are
+      weighted by how voiced the frame is.
     * Fricative = level(4–8 kHz) well above the voiced band while the voiced band is quiet (s, f,
       sh): ``upper_lip_raise`` and a little stretch (teeth show), jaw nearly closed.
-    * Stop closure: 10 ms block levels; if the frame is ``PRESS_MIN_DIP_DB``+ below both the loudest
+    * Stop closure: 10 ms block levels; if the frame is 5–15 dB or more below both the loudest
       block of the last 150 ms and the loudest block of the lookahead (speech on both sides of a
       short silence: p, b, m, and also k/t, which a level rule cannot tell apart), ``lip_press``
       rises and the jaw closes. With no lookahead only the past side is checked.
@@ -35,8 +36,9 @@ Life — procedural, deterministic from ``seed`` and the frame index
     * Speech-coupled nods: ``head_pitch`` (down) and a little ``brow_raise`` follow emphasis, the
       fast voiced-level envelope minus the slow one (syllable onsets, stressed words).
     * Blinks: both eyes, 150–250 ms, intervals log-normal around 60/``blink_rate_per_min`` s
-      (≈2–6 s at 15/min), 12 % of them doubled. Gaze: saccades to a new nearby target every
-      0.6–3 s plus a slow micro-drift. Silence never gives a frozen face.
+      (mostly 2–6 s at 15/min, clipped to 0.35–2.5 × the mean), 12 % of them doubled.
+    * Gaze: saccades to a new nearby target every 0.6–3 s plus a slow micro-drift.
+    * Silence never gives a frozen face: every life signal moves on every frame.
 
 Streaming: ``push()`` emits frame ``i`` as soon as samples up to the end of frame
 ``i + lookahead_frames`` have arrived, so the algorithmic latency is ``(1 + lookahead_frames)``
@@ -503,7 +505,11 @@ class BaselineDriver:
         self._truncate_to(self._frames * self._spf)
 
     def drive(self, audio: np.ndarray) -> np.ndarray:
-        """Offline: all frames for ``audio`` (ceil(len / samples_per_frame) of them)."""
+        """Offline: all frames for ``audio`` (ceil(len / samples_per_frame) of them).
+
+        Exactly ``push(audio)`` then ``flush()``: on a fresh driver it is the reference every
+        streaming run must match; on a used one it continues that driver's timeline.
+        """
         return np.concatenate([self.push(audio), self.flush()])
 
     # -- internals --

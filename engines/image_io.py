@@ -13,7 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engines.errors import CorruptImageError, ImageTooLargeError, ImageTooSmallError, NotAnImageError
+from engines.errors import (
+    CorruptImageError,
+    ImageTooLargeError,
+    ImageTooSmallError,
+    NotAnImageError,
+)
 
 MAX_BYTES = 25 * 1024 * 1024  # 25 MiB
 MAX_PIXELS = 40_000_000  # 40 MP, e.g. 7300×5470
@@ -52,7 +57,8 @@ def decode_image(data: bytes) -> np.ndarray:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageTooLargeError(
-                    f"image is {w}×{h} ({w * h / 1e6:.0f} MP); the limit is {MAX_PIXELS / 1e6:.0f} MP"
+                    f"image is {w}×{h} ({w * h / 1e6:.0f} MP); "
+                    f"the limit is {MAX_PIXELS / 1e6:.0f} MP"
                 )
             img.load()
     except UnidentifiedImageError as exc:
@@ -63,12 +69,13 @@ def decode_image(data: bytes) -> np.ndarray:
         if isinstance(exc, ImageTooLargeError):
             raise
         raise CorruptImageError(f"corrupt or truncated image: {exc}") from exc
-    img = ImageOps.exif_transpose(img)
-    if min(img.size) < MIN_SIDE:
+    upright: Image.Image = ImageOps.exif_transpose(img)
+    if min(upright.size) < MIN_SIDE:
         raise ImageTooSmallError(
-            f"image is {img.size[0]}×{img.size[1]}; each side must be at least {MIN_SIDE} px"
+            f"image is {upright.size[0]}×{upright.size[1]}; each side must be at least "
+            f"{MIN_SIDE} px"
         )
-    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    rgb = np.asarray(upright.convert("RGB"), dtype=np.uint8)
     return np.ascontiguousarray(rgb)
 
 

@@ -39,7 +39,7 @@ def _polygon_mask(poly: np.ndarray, roi: tuple[int, int, int, int], blur: int = 
     pts = np.round((poly - (x0, y0)) * (1 << SUBPIXEL_BITS)).astype(np.int32)
     cv2.fillPoly(mask, [pts], 1.0, lineType=cv2.LINE_AA, shift=SUBPIXEL_BITS)
     if blur > 1:
-        mask = cv2.GaussianBlur(mask, (blur, blur), 0)
+        return np.asarray(cv2.GaussianBlur(mask, (blur, blur), 0), dtype=np.float32)
     return mask
 
 
@@ -109,7 +109,7 @@ def _seal_lips(frame: np.ndarray, points: np.ndarray, palette: dict[str, np.ndar
     x0, y0, x1, y1 = roi
     mask = np.zeros((y1 - y0, x1 - x0), np.float32)
     line = np.round((mid - (x0, y0)) * (1 << SUBPIXEL_BITS)).astype(np.int32)
-    thick = max(1, int(round(0.02 * eye_distance)))
+    thick = max(1, round(0.02 * eye_distance))
     cv2.polylines(mask, [line], False, 1.0, thick, lineType=cv2.LINE_AA, shift=SUBPIXEL_BITS)
     a = (cv2.GaussianBlur(mask, (3, 3), 0) * 0.8 * amount)[..., None]
     seam = palette["lip"] * 0.8
@@ -144,7 +144,8 @@ def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndar
         c_src = source_points[iris[0]]
         radius = float(np.linalg.norm(source_points[list(iris[1:])] - c_src, axis=1).mean())
         c_dst = points[iris[0]] + iris_offset[k]
-        shift = np.float32([[1, 0, c_dst[0] - c_src[0] - x0], [0, 1, c_dst[1] - c_src[1] - y0]])
+        shift = np.array([[1, 0, c_dst[0] - c_src[0] - x0], [0, 1, c_dst[1] - c_src[1] - y0]],
+                         dtype=np.float32)
         iris_px = cv2.warpAffine(source, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)

@@ -87,7 +87,8 @@ def clip_motion(vec: np.ndarray) -> np.ndarray:
 # an intensity in 0..1. They are rig presets, not model outputs, so every driver gets them.
 EMOTIONS: dict[str, dict[str, float]] = {
     "neutral": {},
-    "happy": {"smile": 0.8, "lip_stretch": 0.2, "blink_l": 0.15, "blink_r": 0.15, "brow_raise": 0.1},
+    "happy": {"smile": 0.8, "lip_stretch": 0.2, "blink_l": 0.15, "blink_r": 0.15,
+              "brow_raise": 0.1},
     "sad": {"smile": -0.6, "brow_frown": 0.35, "brow_raise": 0.3, "head_pitch": 0.25,
             "blink_l": 0.25, "blink_r": 0.25},
     "surprised": {"brow_raise": 0.9, "blink_l": -0.45, "blink_r": -0.45, "jaw_open": 0.2,

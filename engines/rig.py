@@ -153,7 +153,7 @@ class Rig:
         upper_lids = group(ft.RIGHT_EYE_UPPER[1:-1] + ft.LEFT_EYE_UPPER[1:-1])
         lower_lids = group(ft.RIGHT_EYE_LOWER[1:-1] + ft.LEFT_EYE_LOWER[1:-1])
         cheeks = group(ft.CHEEKS)
-        lower_face = group(ft.LOWER_FACE + (ft.CHIN,))
+        lower_face = group((*ft.LOWER_FACE, ft.CHIN))
         oval = group(ft.FACE_OVAL)
 
         uvd = {name: np.zeros((n, 2)) for name in LINEAR_DIMS}  # face units

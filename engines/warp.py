@@ -5,7 +5,8 @@ few milliseconds on one core. A thin-plate spline (Bookstein 1989) is linear in 
 displacements, so for a fixed avatar the whole spline collapses into one matrix ``phi`` (grid
 points × control points) built once. Per frame the forward displacement on a coarse grid is a
 single matmul; the *backward* map that ``cv2.remap`` needs is found by the fixed-point iteration
-``s ← x − D(s)`` refined by Newton steps; the coarse backward displacement is then upsampled and added to the identity.
+``s ← x − D(s)`` refined by Newton steps; the coarse backward displacement is then
+upsampled and added to the identity.
 
 A per-avatar weight mask multiplies the flow, so background and torso (weight 0) stay exactly
 still and the head's motion fades out down the neck.

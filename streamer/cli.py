@@ -26,7 +26,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     opts = RenderOptions(fps=args.fps, size=args.size, full_frame=args.full_frame,
                          driver=args.driver, emotion=args.emotion, intensity=args.intensity,
                          seed=args.seed)
-    bar = tqdm(unit="frame", disable=args.quiet or not sys.stderr.isatty() and not args.progress)
+    bar = tqdm(unit="frame", disable=args.quiet or (not sys.stderr.isatty() and not args.progress))
 
     def progress(done: int, total: int | None) -> None:
         if total and bar.total != total:

@@ -77,7 +77,7 @@ def render_file(
     driver = BaselineDriver(BaselineConfig(seed=opts.seed))
     offset = emotion_offset(opts.emotion, opts.intensity)
     duration = probe_duration(audio)
-    total = int(round(duration * opts.fps)) if duration else None
+    total = round(duration * opts.fps) if duration else None
     height, width = (pack.full.shape[:2] if opts.full_frame else (opts.size, opts.size))
     metadata = {
         "comment": "AI-generated talking-head video made by Vivify from one portrait and audio",

@@ -127,6 +127,8 @@ def encode_audio(
     planes = np.repeat(np.asarray(samples, dtype=np.float32)[None, :], channels, axis=0)
     with av.open(str(out), mode="w") as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
+        if not isinstance(stream, av.AudioStream):
+            raise ValueError(f"{codec} is not an audio codec")
         frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
         frame.sample_rate = rate
         frame.pts = 0

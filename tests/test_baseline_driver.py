@@ -4,14 +4,15 @@ or drifts, interruption without jumps."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import media
 import numpy as np
 import pytest
 
 from engines.audio_io import SAMPLES_PER_FRAME, load_audio
 from engines.baseline_driver import BaselineConfig, BaselineDriver
 from engines.motion import INDEX, MOTION_DIM
-from tests import media
 
 FPS = 25
 HEAD = [INDEX[n] for n in ("head_yaw", "head_pitch", "head_roll", "head_tx", "head_ty",
@@ -72,8 +73,9 @@ def _feed(driver: BaselineDriver, audio: np.ndarray, sizes: list[int]) -> np.nda
     ("gate_dbfs", 3.0), ("full_dbfs", -50.0), ("nod_gain", float("nan")),
 ])
 def test_config_rejects_bad_values_naming_the_field(field: str, value: float) -> None:
+    kwargs: dict[str, Any] = {field: value}
     with pytest.raises(ValueError, match=field):
-        BaselineConfig(**{field: value})
+        BaselineConfig(**kwargs)
 
 
 # --- streaming ------------------------------------------------------------------------------
@@ -105,7 +107,9 @@ def test_any_chunking_is_bit_identical_to_drive(mixed: np.ndarray, sizes: list[i
 
 @needs_espeak
 @pytest.mark.parametrize("lookahead", [0, 2])
-def test_streaming_equivalence_holds_for_other_lookaheads(mixed: np.ndarray, lookahead: int) -> None:
+def test_streaming_equivalence_holds_for_other_lookaheads(
+    mixed: np.ndarray, lookahead: int
+) -> None:
     config = BaselineConfig(lookahead_frames=lookahead, seed=1)
     expected = BaselineDriver(config).drive(mixed)
     rng = np.random.default_rng(0)

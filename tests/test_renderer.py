@@ -69,7 +69,7 @@ def test_flow_never_folds(renderer: Renderer, name: str) -> None:
     cut = polygon_mask(det.shape, mouth_opening_polygon(pts), grow=2)
     tips = np.zeros(det.shape, np.uint8)
     for corner in (78, 308):
-        cv2.circle(tips, tuple(int(round(v)) for v in pts[corner]),
+        cv2.circle(tips, tuple(round(v) for v in pts[corner]),
                    int(np.ceil(0.06 * renderer.eye_distance)), 1, -1)
     cut |= tips.astype(bool)
     assert det[~cut].min() > 0.0, f"fold in {name}: min det {det[~cut].min():.3f}"
@@ -94,7 +94,7 @@ def test_open_mouth_shows_a_cavity_with_teeth(renderer: Renderer, pack) -> None:
     inside = polygon_mask(frame.image.shape, mouth_opening_polygon(pts))
     y = luma(frame.image)
     assert inside.sum() > 0.3 * renderer.eye_distance**2
-    cx = int(round(pts[[13, 14], 0].mean()))
+    cx = round(pts[[13, 14], 0].mean())
     column = y[int(pts[13, 1]):int(pts[14, 1]), cx]
     third = max(len(column) // 3, 1)
     upper_teeth, middle = column[:third // 2 + 1].mean(), column[third:2 * third].mean()
@@ -174,7 +174,7 @@ def test_paste_back_is_seamless(renderer: Renderer, pack) -> None:  # type: igno
     full = renderer.paste_back(renderer.render(motion(head_yaw=1.0, jaw_open=0.5)).image)
     assert full.shape == pack.full.shape
     changed = np.abs(full.astype(int) - pack.full.astype(int)).max(axis=2) > 0
-    ys, xs = np.nonzero(changed)
+    _ys, xs = np.nonzero(changed)
     corners = np.array([[0, 0], [pack.size, pack.size]]) @ pack.crop_to_full[:, :2].T \
         + pack.crop_to_full[:, 2]
     assert changed.any()

@@ -47,7 +47,8 @@ def test_jaw_opens_and_lip_press_closes(rig: Rig) -> None:
 def test_blink_brings_the_lids_together(rig: Rig) -> None:
     src = rig.source[:, :2]
     closed = rig.pose(motion(blink_l=1.0, blink_r=1.0)).points
-    for up, lo in ((ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER), (ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER)):
+    eyes = ((ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER), (ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER))
+    for up, lo in eyes:
         before = np.abs(src[list(lo), 1] - src[list(up), 1]).max()
         after = np.abs(closed[list(lo), 1] - closed[list(up), 1]).max()
         assert after < 0.1 * before

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import media
 import numpy as np
 import pytest
 
 from streamer.video_writer import Mp4Writer
-from tests import media
 
 W, H, FPS, RATE = 128, 96, 25, 16_000
 SECONDS = 2
@@ -110,15 +110,15 @@ def test_existing_file_is_kept_until_the_new_one_is_complete(tmp_path: Path) -> 
     assert out.read_bytes() == b"previous render"
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"width": 127, "height": 96}, {"width": 128, "height": 0}, {"width": 128, "height": 96,
-                                                                  "fps": 0},
-    {"width": 128, "height": 96, "crf": 99},
+@pytest.mark.parametrize(("width", "height", "fps", "crf", "field"), [
+    (127, 96, 25, 20, "width"), (128, 0, 25, 20, "height"), (128, 96, 0, 20, "fps"),
+    (128, 96, 25, 99, "crf"),
 ])
-def test_bad_settings_are_refused_before_any_file_exists(tmp_path: Path,
-                                                         kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
-        Mp4Writer(tmp_path / "x.mp4", **kwargs)
+def test_bad_settings_are_refused_before_any_file_exists(
+    tmp_path: Path, width: int, height: int, fps: int, crf: int, field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        Mp4Writer(tmp_path / "x.mp4", width=width, height=height, fps=fps, crf=crf)
     assert not list(tmp_path.iterdir())
 
 
