@@ -66,33 +66,36 @@ def composite_mouth(frame: np.ndarray, points: np.ndarray, source_points: np.nda
     if x1 - x0 < 2 or y1 - y0 < 2:
         return
     alpha = _polygon_mask(poly, roi) * strength
-    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    # Rows and columns as 1-D arrays, broadcast only where a quantity needs both.
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    xs = np.arange(x0, x1, dtype=np.float32)
     # Lip lines as functions of x (the aligned crop keeps the mouth roughly horizontal).
     order_u, order_l = np.argsort(upper[:, 0]), np.argsort(lower[:, 0])
-    y_up = np.interp(xs[0], upper[order_u, 0], upper[order_u, 1])[None, :]
-    y_lo = np.interp(xs[0], lower[order_l, 0], lower[order_l, 1])[None, :]
+    y_up = np.interp(xs, upper[order_u, 0], upper[order_u, 1]).astype(np.float32)[None, :]
+    y_lo = np.interp(xs, lower[order_l, 0], lower[order_l, 1]).astype(np.float32)[None, :]
     centre = float(upper[:, 0].mean())
     half = max(float(np.ptp(upper[:, 0])) / 2, 1.0)
-    across = np.clip(np.abs(xs - centre) / half, 0.0, 1.0)  # 0 mid-mouth → 1 corners
+    across = np.clip(np.abs(xs - centre) / half, 0.0, 1.0)[None, :]  # 0 mid-mouth → 1 corners
     depth = 1.0 - 0.45 * across**2  # sides are deeper in the mouth: darker
     gap = np.maximum(y_lo - y_up, 1.0)
     t = np.clip((ys - y_up) / gap, 0.0, 1.0)  # 0 at the upper lip → 1 at the lower lip
-    cavity = palette["cavity"] * (0.7 + 0.3 * (1 - np.abs(t - 0.5) * 2))[..., None]
-    layer = np.broadcast_to(cavity, (*alpha.shape, 3)).copy()
+    shade = 0.7 + 0.3 * (1 - np.abs(t - 0.5) * 2)
     # Tongue: low in the mouth, only once it is open enough to see it.
-    tongue_w = np.clip((t - 0.55) / 0.3, 0, 1) * np.clip(gap / (0.25 * eye_distance), 0, 1)
-    layer += (palette["tongue"] * 0.8 - layer) * tongue_w[..., None] * 0.8
+    tongue_w = np.clip((t - 0.55) / 0.3, 0, 1) * np.clip(gap / (0.25 * eye_distance), 0, 1) * 0.8
     # Teeth: bands hanging from the upper lip and rising from the lower lip, soft-edged.
     up_band = np.clip((UPPER_TEETH * eye_distance - (ys - y_up)) / 1.5, 0, 1)
     lo_band = np.clip((LOWER_TEETH * eye_distance - (y_lo - ys)) / 1.5, 0, 1) * 0.85
     # Separations between teeth: faint darker lines, spaced by an incisor width.
     tooth = 0.09 * eye_distance
-    seams = 1.0 - 0.07 * np.exp(-(((xs - centre) / tooth) % 1.0 - 0.5) ** 2 / 0.004)
-    teeth = palette["teeth"] * (depth * seams)[..., None]
+    seams = 1.0 - 0.07 * np.exp(-(((xs - centre) / tooth) % 1.0 - 0.5) ** 2 / 0.004)[None, :]
+    teeth_shade = depth * seams
+    side = 1 - across**4
+    layer = palette["cavity"] * shade[..., None]
+    layer += (palette["tongue"] * 0.8 - layer) * tongue_w[..., None]
     for band in (up_band, lo_band):
-        w = (band * (1 - across**4))[..., None]
-        layer += (teeth - layer) * w
-    layer *= depth[..., None] ** 0.5
+        w = (band * side)[..., None]
+        layer += (palette["teeth"] * teeth_shade[..., None] - layer) * w
+    layer *= np.sqrt(depth)[..., None]
     region = frame[y0:y1, x0:x1].astype(np.float32)
     a = alpha[..., None]
     frame[y0:y1, x0:x1] = np.clip(region + (layer - region) * a, 0, 255).astype(np.uint8)
@@ -119,7 +122,7 @@ def _seal_lips(frame: np.ndarray, points: np.ndarray, palette: dict[str, np.ndar
 
 def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndarray,
                      gaze: float, source: np.ndarray, plate: np.ndarray,
-                     source_points: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> None:
+                     source_points: np.ndarray, maps: np.ndarray) -> None:
     """Move the irises by ``iris_offset`` inside the target eye openings (in place).
 
     ``plate`` is the iris-free crop; it is warped with the frame's own maps inside each eye's
@@ -138,7 +141,7 @@ def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndar
         x0, y0, x1, y1 = roi
         if x1 - x0 < 3 or y1 - y0 < 3:
             continue
-        base = cv2.remap(plate, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1], cv2.INTER_LINEAR,
+        base = cv2.remap(plate, maps[y0:y1, x0:x1], None, cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         # The iris disc from the source, placed at the posed centre plus the gaze shift.
         c_src = source_points[iris[0]]
@@ -159,8 +162,7 @@ def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndar
 
 
 def composite_lids(frame: np.ndarray, points: np.ndarray, blink: tuple[float, float],
-                   plate: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
-                   eye_distance: float) -> None:
+                   plate: np.ndarray, maps: np.ndarray, eye_distance: float) -> None:
     """Fade in the skinned-over eye (``plate``, warped like the frame) as each blink completes."""
     eyes = ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER, blink[0]),
             (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER, blink[1]))
@@ -173,7 +175,7 @@ def composite_lids(frame: np.ndarray, points: np.ndarray, blink: tuple[float, fl
         x0, y0, x1, y1 = roi
         if x1 - x0 < 3 or y1 - y0 < 3:
             continue
-        closed = cv2.remap(plate, map_x[y0:y1, x0:x1], map_y[y0:y1, x0:x1], cv2.INTER_LINEAR,
+        closed = cv2.remap(plate, maps[y0:y1, x0:x1], None, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         # A soft ellipse around the eye: the plate differs from the frame only near the eye.
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)

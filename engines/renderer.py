@@ -36,9 +36,8 @@ _LOWER_INNER = np.array(ft.LIPS_LOWER_INNER[1:-1])
 class RenderConfig:
     """Renderer knobs; the defaults are what the benchmarks and tests use."""
 
-    grid_step: int = 4
-    iterations: int = 6
-    fixed_point_maps: bool = True  # cv2.convertMaps: ~40% faster remap, 1/32 px precision
+    grid_step: int = 8  # flow grid spacing in pixels; the crop size must be a multiple
+    iterations: int = 4
 
     def __post_init__(self) -> None:
         if self.grid_step not in (2, 4, 8):
@@ -49,12 +48,11 @@ class RenderConfig:
 
 @dataclass
 class Frame:
-    """One rendered frame and what produced it (maps kept for inspection and tests)."""
+    """One rendered frame and what produced it (the map is kept for inspection and tests)."""
 
     image: np.ndarray  # (S, S, 3) uint8 RGB
     pose: RigPose
-    map_x: np.ndarray
-    map_y: np.ndarray
+    maps: np.ndarray  # (S, S, 2) float32: where each output pixel sampled the source crop
 
 
 class Renderer:
@@ -63,8 +61,6 @@ class Renderer:
     def __init__(self, pack: AvatarPack, config: RenderConfig | None = None) -> None:
         self.pack = pack
         self.config = config or RenderConfig()
-        if pack.size % self.config.grid_step:
-            raise ValueError("crop size must be a multiple of the grid step")
         self.rig = Rig(pack.landmarks, pack.size)
         self._controls = np.array(
             list(ft.CONTROL_LANDMARKS) + list(range(ft.N_LANDMARKS, self.rig.n_points)))
@@ -80,30 +76,28 @@ class Renderer:
     def render(self, motion_vec: np.ndarray) -> Frame:
         """Render the aligned crop for one motion vector."""
         pose = self.rig.pose(motion_vec)
-        map_x, map_y = self._maps(pose)
-        if self.config.fixed_point_maps:
-            m1, m2 = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
-            image = cv2.remap(self.pack.crop, m1, m2, cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
-        else:
-            image = cv2.remap(self.pack.crop, map_x, map_y, cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+        maps = self._maps(pose)
+        image = self.pack.crop.copy()
+        y0, y1, x0, x1 = self.flow.moving_box  # outside it every pixel is still
+        if y1 > y0:
+            # Fixed-point maps (1/32 px) remap faster and keep still pixels exactly still.
+            m1, m2 = cv2.convertMaps(maps[y0:y1, x0:x1], None, cv2.CV_16SC2)
+            image[y0:y1, x0:x1] = cv2.remap(self.pack.crop, m1, m2, cv2.INTER_LINEAR,
+                                            borderMode=cv2.BORDER_REPLICATE)
         composite_mouth(image, pose.points, self._rest_xy, self.pack.palette, self.eye_distance)
-        gaze = float(np.hypot(motion_vec[INDEX["gaze_x"]], motion_vec[INDEX["gaze_y"]]))
+        m = pose.motion
+        gaze = float(np.hypot(m[INDEX["gaze_x"]], m[INDEX["gaze_y"]]))
         composite_irises(image, pose.points, pose.iris_offset, gaze, self.pack.crop,
-                         self.pack.crop_no_iris, self._rest_xy, map_x, map_y)
-        blink = (float(pose.motion[INDEX["blink_r"]]), float(pose.motion[INDEX["blink_l"]]))
-        composite_lids(image, pose.points, blink, self.pack.crop_lids, map_x, map_y,
-                       self.eye_distance)
-        return Frame(image=image, pose=pose, map_x=map_x, map_y=map_y)
+                         self.pack.crop_no_iris, self._rest_xy, maps)
+        blink = (float(m[INDEX["blink_r"]]), float(m[INDEX["blink_l"]]))
+        composite_lids(image, pose.points, blink, self.pack.crop_lids, maps, self.eye_distance)
+        return Frame(image=image, pose=pose, maps=maps)
 
-    def _maps(self, pose: RigPose) -> tuple[np.ndarray, np.ndarray]:
+    def _maps(self, pose: RigPose) -> np.ndarray:
         target = pose.points
         delta = (target - self._rest_xy)[self._controls]  # (N, 2)
         if not np.any(np.abs(delta) > 1e-4):
-            h = w = self.pack.size
-            xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-            return xs, ys
+            return self.flow.identity
         # The two sides of the mouth cut, built before head pose so a turn alone never splits.
         expr, rest = pose.expression, self._rest_xy
         expr_up, expr_lo = expr.copy(), expr.copy()
@@ -114,29 +108,28 @@ class Renderer:
         upper = (self.rig.head_pose(expr_up, pose.motion) - rest)[self._controls]
         lower = (self.rig.head_pose(expr_lo, pose.motion) - rest)[self._controls]
         field = self.flow.forward_field(np.concatenate([upper, lower], axis=1))
-        map_x, map_y = self.flow.maps(self.flow.invert(np.ascontiguousarray(field[..., :2])))
-        low_x, low_y = self.flow.maps(self.flow.invert(np.ascontiguousarray(field[..., 2:])))
-        # Per-pixel choice along the exact target mouth line (extended flat beyond the corners):
-        # a clean lip edge with no grid staircase. Only the rows around the mouth need the test;
-        # above them the upper field applies, below them the lower one.
+        pos_up, pos_lo = self.flow.invert(field[..., :2], field[..., 2:])
+        size = self.pack.size
         mid = (target[list(ft.LIPS_UPPER_INNER)] + target[list(ft.LIPS_LOWER_INNER)]) / 2
         order = np.argsort(mid[:, 0])
-        xs = np.arange(self.pack.size) + 0.5
-        line_y = np.interp(xs, mid[order, 0], mid[order, 1])
+        xs = np.arange(size, dtype=np.float32) + 0.5
+        line_y = np.interp(xs, mid[order, 0], mid[order, 1]).astype(np.float32)
         # Inside the mouth the cut is sharp (one anti-aliased pixel); beyond the corners the two
         # fields differ only by a fading remainder, blended over a ramp that widens with the
         # distance from the corner (up to a cap) so the map stays continuous and unfolded there.
         cap = SEAM_MAX_RAMP * self.eye_distance
         outside = np.maximum(mid[order[0], 0] - xs, 0) + np.maximum(xs - mid[order[-1], 0], 0)
         ramp = np.minimum(1.0 + SEAM_WIDENING * outside, cap)
-        y0 = max(int(np.floor(line_y.min() - cap)), 0)
-        y1 = min(int(np.ceil(line_y.max() + cap)), self.pack.size)
-        t = np.clip((np.arange(y0, y1)[:, None] + 0.5 - line_y[None, :]) / ramp + 0.5, 0, 1)
-        t = t.astype(np.float32)
-        map_x[y1:], map_y[y1:] = low_x[y1:], low_y[y1:]
-        map_x[y0:y1] += (low_x[y0:y1] - map_x[y0:y1]) * t
-        map_y[y0:y1] += (low_y[y0:y1] - map_y[y0:y1]) * t
-        return map_x, map_y
+        y0 = min(max(int(np.floor(line_y.min() - cap)), 0), size)
+        y1 = min(max(int(np.ceil(line_y.max() + cap)), y0), size)
+        rows = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5
+        t = np.clip((rows - line_y[None, :]) / ramp.astype(np.float32) + 0.5, 0, 1)
+        maps = self.flow.maps(pos_up, 0, size)
+        lower_maps = self.flow.maps(pos_lo, y0, size)
+        band = maps[y0:y1]
+        band += (lower_maps[:y1 - y0] - band) * t[..., None]
+        maps[y1:] = lower_maps[y1 - y0:]
+        return maps
 
     def paste_back(self, crop: np.ndarray) -> np.ndarray:
         """The full portrait with the rendered crop's *changes* pasted in.
