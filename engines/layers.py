@@ -18,6 +18,7 @@ import numpy as np
 
 from engines import face_topology as ft
 
+NO_MAP = np.empty((0,), np.float32)  # cv2's "no second map" (maps here are two-channel)
 SUBPIXEL_BITS = 3  # cv2.fillPoly fixed-point precision: 1/8 px edges
 UPPER_TEETH = 0.10  # band height, × eye distance
 LOWER_TEETH = 0.06
@@ -141,18 +142,18 @@ def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndar
         x0, y0, x1, y1 = roi
         if x1 - x0 < 3 or y1 - y0 < 3:
             continue
-        base = cv2.remap(plate, maps[y0:y1, x0:x1], None, cv2.INTER_LINEAR,
+        base = cv2.remap(plate, maps[y0:y1, x0:x1], NO_MAP, cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         # The iris disc from the source, placed at the posed centre plus the gaze shift.
         c_src = source_points[iris[0]]
         radius = float(np.linalg.norm(source_points[list(iris[1:])] - c_src, axis=1).mean())
         c_dst = points[iris[0]] + iris_offset[k]
-        shift = np.array([[1, 0, c_dst[0] - c_src[0] - x0], [0, 1, c_dst[1] - c_src[1] - y0]],
-                         dtype=np.float32)
-        iris_px = cv2.warpAffine(source, shift, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        r = np.hypot(xs - c_dst[0], ys - c_dst[1])
+        # The ROI's pixels, shifted back by the iris motion: a sub-pixel patch of the source.
+        centre = ((x0 + x1 - 1) / 2 + c_src[0] - c_dst[0], (y0 + y1 - 1) / 2 + c_src[1] - c_dst[1])
+        iris_px = cv2.getRectSubPix(source, (x1 - x0, y1 - y0), centre).astype(np.float32)
+        ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+        xs = np.arange(x0, x1, dtype=np.float32)[None, :]
+        r = np.sqrt((xs - c_dst[0]) ** 2 + (ys - c_dst[1]) ** 2)
         disc = np.clip(radius * 1.05 - r + 0.5, 0.0, 1.0)[..., None]
         eye = base + (iris_px - base) * disc
         a = _polygon_mask(opening, roi) * strength
@@ -175,7 +176,7 @@ def composite_lids(frame: np.ndarray, points: np.ndarray, blink: tuple[float, fl
         x0, y0, x1, y1 = roi
         if x1 - x0 < 3 or y1 - y0 < 3:
             continue
-        closed = cv2.remap(plate, maps[y0:y1, x0:x1], None, cv2.INTER_LINEAR,
+        closed = cv2.remap(plate, maps[y0:y1, x0:x1], NO_MAP, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         # A soft ellipse around the eye: the plate differs from the frame only near the eye.
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)

@@ -1,0 +1,38 @@
+"""The one seam between audio and motion: every driver (baseline, learned) looks like this.
+
+A driver is a per-session streaming object. Audio goes in as 16 kHz mono float32 chunks of any
+size; motion frames (25 fps, ``MOTION_DIM`` floats each) come out as soon as the driver has the
+audio (plus its fixed lookahead) to make them. ``flush`` ends a segment, ``clear`` is an
+interruption: queued audio is dropped and the idle motion continues without a jump.
+
+The server and the offline renderer only ever talk to this protocol, so swapping the baseline
+driver for the learned generator changes nothing around them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class MotionDriver(Protocol):
+    """Streaming audio → motion, per session."""
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        """Feed audio; returns the (n, MOTION_DIM) float32 frames that became ready."""
+        ...
+
+    def flush(self) -> np.ndarray:
+        """End of segment: emit the frames still waiting for lookahead (padding with silence)."""
+        ...
+
+    def clear(self) -> None:
+        """Interruption: drop buffered audio; the next frames continue the idle motion."""
+        ...
+
+    @property
+    def latency_samples(self) -> int:
+        """Audio samples a frame waits for beyond its own 40 ms (the algorithmic lookahead)."""
+        ...
