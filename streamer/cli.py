@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Parallelism comes from sessions on worker threads; a BLAS thread pool per matmul would only
+# fight them (measured: the renderer's small matmul got slower, not faster). Set before NumPy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import argparse
 import json
 import logging
@@ -80,6 +87,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from streamer.config import ServerConfig
+    from streamer.server import serve
+
+    config = ServerConfig.from_env(
+        host=args.host, port=args.port, token=args.token,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        cors_origins=tuple(args.cors) if args.cors else None,
+        max_sessions=args.max_sessions, workers=args.workers)
+    return serve(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vivify", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -114,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-models", help="fetch the face model files (setup step)")
     p.add_argument("--wheel", type=Path, default=None, help="use this mediapipe wheel file")
     p.set_defaults(func=_cmd_fetch_models)
+
+    p = sub.add_parser("serve", help="run the streaming server (HTTP, WebSocket, WebRTC)")
+    p.add_argument("--host", default=None, help="bind address (VIVIFY_HOST, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (VIVIFY_PORT, 8080)")
+    p.add_argument("--token", default=None, help="require this bearer token (VIVIFY_TOKEN)")
+    p.add_argument("--tls-cert", default=None, help="TLS certificate (VIVIFY_TLS_CERT)")
+    p.add_argument("--tls-key", default=None, help="TLS private key (VIVIFY_TLS_KEY)")
+    p.add_argument("--cors", action="append", help="allowed CORS origin (repeatable)")
+    p.add_argument("--max-sessions", type=int, default=None,
+                   help="admission limit; 0 measures it at start (VIVIFY_MAX_SESSIONS)")
+    p.add_argument("--workers", type=int, default=None, help="inference threads (cores)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="render a demo clip of the default avatar")
     p.add_argument("-o", "--output", default="out/demo.mp4")

@@ -1,0 +1,283 @@
+"""The HTTP/WebSocket API (FastAPI on uvicorn: OpenAPI docs for free, pydantic messages).
+
+Routes are thin: they validate, call the avatar store or the session manager, and map errors to
+``{"error": {"code", "message"}}``. See docs/api.md for the full contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, File, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engines.audio_io import pcm16_to_float
+from engines.errors import AvatarInputError
+from streamer.errors import ApiError, TooLarge, Unauthorized
+from streamer.messages import ClientMessage, parse_client_message
+from streamer.sessions import SessionManager, VideoOptions
+
+log = logging.getLogger(__name__)
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
+MAX_WS_BINARY = 64 * 1024  # bytes per PCM message (2 s of 16 kHz s16)
+
+
+class SessionDescription(BaseModel):
+    type: Literal["offer"]
+    sdp: str = Field(min_length=1, max_length=200_000)
+
+
+class VideoSpec(BaseModel):
+    fps: Literal[25] = 25
+    size: int = Field(512, ge=128, le=1024)
+    codec: Literal["vp8", "h264"] = "vp8"
+
+
+class SessionRequest(BaseModel):
+    avatar: str = "default"
+    offer: SessionDescription | None = None
+    mode: Literal["mirror", "broadcast"] = "mirror"
+    video: VideoSpec = Field(default_factory=VideoSpec)
+
+
+class ViewerRequest(BaseModel):
+    offer: SessionDescription
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
+           ) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+def create_app(manager: SessionManager, token: str | None = None,
+               cors_origins: tuple[str, ...] = (), max_upload: int = 25 * 2**20,
+               lifespan: Any = None) -> FastAPI:
+    app = FastAPI(title="Vivify", version="0.1.0", lifespan=lifespan,
+                  description="Real-time talking-head avatars from one portrait.")
+    if cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["*"], allow_headers=["*"])
+    registry = CollectorRegistry()
+    g_sessions = Gauge("vivify_sessions", "live sessions", registry=registry)
+    g_capacity = Gauge("vivify_capacity_sessions", "admission limit", registry=registry)
+    g_viewers = Gauge("vivify_viewers", "broadcast viewers", registry=registry)
+    g_late = Gauge("vivify_late_slots", "slots played late, live sessions", registry=registry)
+    g_dropped = Gauge("vivify_dropped_pairs", "pairs dropped, live sessions", registry=registry)
+    g_queue = Gauge("vivify_scheduler_queue", "jobs waiting for a worker", registry=registry)
+    g_busy = Gauge("vivify_scheduler_busy_seconds", "worker time spent", registry=registry)
+    g_created = Gauge("vivify_sessions_created", "sessions created since start",
+                      registry=registry)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(AvatarInputError)
+    async def avatar_error(_: Request, exc: AvatarInputError) -> JSONResponse:
+        status = 413 if exc.code == "image_too_large" else 422
+        return _error(status, exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
+                      str(exc.detail))
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise Unauthorized("missing or wrong bearer token")
+
+    auth = [Depends(check_token)]
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "sessions": len(manager.sessions), "capacity": manager.capacity}
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        live = list(manager.sessions.values())
+        g_sessions.set(len(live))
+        g_capacity.set(manager.capacity)
+        g_viewers.set(sum(len(s.viewers) for s in live))
+        g_late.set(sum(s.media.stats.late_slots for s in live))
+        g_dropped.set(sum(s.media.stats.dropped_pairs for s in live))
+        g_queue.set(manager.scheduler.queued)
+        g_busy.set(manager.scheduler.busy_seconds)
+        g_created.set(manager.created_total)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------ avatars
+    @app.post("/v1/avatars", status_code=201, dependencies=auth, tags=["avatars"])
+    async def create_avatar(request: Request,
+                            image: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        length = int(request.headers.get("content-length") or 0)
+        if length > max_upload + 64 * 1024:
+            raise TooLarge(f"upload is {length / 2**20:.1f} MiB; the limit is "
+                           f"{max_upload // 2**20} MiB", code="image_too_large")
+        data = await image.read(max_upload + 1)
+        if len(data) > max_upload:
+            raise TooLarge(f"upload exceeds {max_upload // 2**20} MiB", code="image_too_large")
+        record = await manager.avatars.create(data)
+        return record.public()
+
+    @app.get("/v1/avatars", dependencies=auth, tags=["avatars"])
+    async def list_avatars() -> dict[str, Any]:
+        return {"avatars": [r.public() for r in manager.avatars.list()]}
+
+    @app.get("/v1/avatars/{avatar_id}", dependencies=auth, tags=["avatars"])
+    async def get_avatar(avatar_id: str) -> dict[str, Any]:
+        return manager.avatars.get(avatar_id).public()
+
+    @app.delete("/v1/avatars/{avatar_id}", status_code=204, dependencies=auth, tags=["avatars"])
+    async def delete_avatar(avatar_id: str) -> Response:
+        manager.avatars.delete(avatar_id)
+        return Response(status_code=204)
+
+    # ------------------------------------------------------------------ sessions
+    @app.post("/v1/sessions", status_code=201, dependencies=auth, tags=["sessions"])
+    async def create_session(body: SessionRequest) -> dict[str, Any]:
+        manager.avatars.get(body.avatar)
+        if body.video.size != manager.config.size:
+            raise ApiError(f"this server renders {manager.config.size}² video",
+                           code="unsupported_size")
+        session, answer = await manager.create(
+            body.avatar, body.mode, VideoOptions(body.video.fps, body.video.size,
+                                                 body.video.codec),
+            body.offer.model_dump() if body.offer else None)
+        out: dict[str, Any] = {"id": session.id, "mode": session.mode, "avatar": session.avatar}
+        if answer is not None:
+            out["answer"] = answer
+        return out
+
+    @app.post("/v1/sessions/{session_id}/viewers", status_code=201, dependencies=auth,
+              tags=["sessions"])
+    async def add_viewer(session_id: str, body: ViewerRequest) -> dict[str, Any]:
+        session = manager.get(session_id)
+        viewer_id, answer = await session.add_viewer(body.offer.model_dump())
+        return {"viewer": viewer_id, "answer": answer}
+
+    @app.get("/v1/sessions/{session_id}", dependencies=auth, tags=["sessions"])
+    async def session_stats(session_id: str) -> dict[str, Any]:
+        return manager.get(session_id).stats()
+
+    @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=auth,
+                tags=["sessions"])
+    async def delete_session(session_id: str) -> Response:
+        await manager.get(session_id).aclose("deleted by the API")
+        return Response(status_code=204)
+
+    @app.websocket("/v1/sessions/{session_id}/ws")
+    async def session_ws(ws: WebSocket, session_id: str) -> None:
+        if token is not None:
+            given = ws.query_params.get("token") or ws.headers.get("authorization", "")[7:]
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                await ws.close(code=4401, reason="missing or wrong bearer token")
+                return
+        session = manager.sessions.get(session_id)
+        if session is None:
+            await ws.close(code=4404, reason=f"no session {session_id}")
+            return
+        await ws.accept()
+        outbox: list[dict[str, Any]] = []
+        wake = asyncio.Event()
+
+        def send(event: dict[str, Any]) -> None:
+            outbox.append(event)
+            wake.set()
+
+        async def pump() -> None:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while outbox:
+                    await ws.send_text(json.dumps(outbox.pop(0)))
+
+        session.sockets.add(send)
+        pump_task = asyncio.create_task(pump())
+        try:
+            async for message in _messages(ws):
+                _handle_ws(session, message, send)
+                if session.closed:
+                    break
+        except WebSocketDisconnect:
+            pass
+        finally:
+            session.sockets.discard(send)
+            pump_task.cancel()
+            with contextlib.suppress(BaseException):
+                await pump_task
+
+    if CLIENT_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client")
+    return app
+
+
+async def _messages(ws: WebSocket) -> AsyncIterator[bytes | str]:
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        if msg.get("bytes") is not None:
+            yield msg["bytes"]
+        elif msg.get("text") is not None:
+            yield msg["text"]
+
+
+def _handle_ws(session: Any, message: bytes | str, send: Any) -> None:
+    """Apply one WebSocket message; bad ones get an ``error`` event, never a crash."""
+    if isinstance(message, bytes):
+        if len(message) % 2 or len(message) > MAX_WS_BINARY:
+            send({"type": "error", "code": "bad_audio",
+                  "message": f"binary messages are PCM s16le mono 16 kHz, an even number of "
+                             f"bytes up to {MAX_WS_BINARY}; got {len(message)}"})
+            return
+        try:
+            session.media.push_audio(pcm16_to_float(message))
+        except OverflowError as exc:
+            send({"type": "error", "code": "buffer_full", "message": str(exc)})
+        return
+    try:
+        parsed: ClientMessage = parse_client_message(message)
+    except (ValueError, ValidationError) as exc:
+        send({"type": "error", "code": "bad_message", "message": str(exc).splitlines()[0]})
+        return
+    if parsed.type == "interrupt":
+        session.media.interrupt()
+    elif parsed.type == "segment_end":
+        session.media.segment_end()
+    elif parsed.type == "controls":
+        c = session.media.controls
+        if parsed.emotion is not None:
+            c.emotion = parsed.emotion
+        if parsed.intensity is not None:
+            c.intensity = parsed.intensity
+        if parsed.gaze is not None:
+            c.gaze = (parsed.gaze[0], parsed.gaze[1])
+        if parsed.distance is not None:
+            c.distance = parsed.distance
+    elif parsed.type == "stats":
+        send({"type": "stats", **session.stats()})
+

@@ -1,0 +1,123 @@
+"""The avatar registry: uploads become prepared packs and renderers, shared by sessions.
+
+Preparation runs in a worker thread (face models are not thread-safe, so one at a time under a
+lock). Renderers are built once per avatar and shared: rendering reads the pack, never writes.
+Records persist as small JSON files next to the uploaded image, so ids survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.avatar import AvatarPack, AvatarPreparer
+from engines.default_avatar import DEFAULT_AVATAR_ID, default_portrait_path
+from engines.renderer import Renderer
+from streamer.errors import Conflict, NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AvatarRecord:
+    id: str
+    created: float
+    image_sha256: str
+    width: int
+    height: int
+    warnings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AvatarStore:
+    def __init__(self, root: Path, size: int = 512, preparer: AvatarPreparer | None = None) -> None:
+        self.root = root
+        self.size = size
+        self.uploads = root / "uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.preparer = preparer or AvatarPreparer(cache_dir=root / "avatars")
+        self._prepare_lock = threading.Lock()
+        self._renderers: dict[str, Renderer] = {}
+        self._records: dict[str, AvatarRecord] = {}
+        self._load_records()
+
+    def _load_records(self) -> None:
+        for meta in self.uploads.glob("*.json"):
+            try:
+                self._records[meta.stem] = AvatarRecord(**json.loads(meta.read_text()))
+            except (ValueError, TypeError) as exc:
+                log.warning("skipping damaged avatar record %s: %s", meta, exc)
+
+    def _image_path(self, avatar_id: str) -> Path:
+        if avatar_id == DEFAULT_AVATAR_ID:
+            return default_portrait_path()
+        return self.uploads / f"{avatar_id}.img"
+
+    def _prepare(self, source: Path | bytes) -> AvatarPack:
+        with self._prepare_lock:
+            return self.preparer.prepare(source, size=self.size)
+
+    async def ensure_default(self) -> None:
+        if DEFAULT_AVATAR_ID not in self._records:
+            pack = await asyncio.to_thread(self._prepare, default_portrait_path())
+            self._records[DEFAULT_AVATAR_ID] = self._record(DEFAULT_AVATAR_ID, pack)
+
+    def _record(self, avatar_id: str, pack: AvatarPack) -> AvatarRecord:
+        w, h = pack.meta.get("source_size", [0, 0])
+        return AvatarRecord(id=avatar_id, created=time.time(), image_sha256=pack.image_sha256,
+                            width=int(w), height=int(h), warnings=list(pack.meta.get(
+                                "warnings", [])), meta={"face_score": pack.meta.get("face_score")})
+
+    async def create(self, data: bytes) -> AvatarRecord:
+        """Prepare an uploaded portrait (raises ``AvatarInputError`` on bad input)."""
+        pack = await asyncio.to_thread(self._prepare, data)
+        avatar_id = hashlib.sha256(data).hexdigest()[:16]
+        record = self._record(avatar_id, pack)
+        tmp = self.uploads / f".{avatar_id}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self._image_path(avatar_id))
+        meta_tmp = self.uploads / f".{avatar_id}.json.tmp"
+        meta_tmp.write_text(json.dumps(record.public()))
+        os.replace(meta_tmp, self.uploads / f"{avatar_id}.json")
+        self._records[avatar_id] = record
+        return record
+
+    def list(self) -> list[AvatarRecord]:
+        return sorted(self._records.values(), key=lambda r: r.created)
+
+    def get(self, avatar_id: str) -> AvatarRecord:
+        try:
+            return self._records[avatar_id]
+        except KeyError:
+            raise NotFound(f"no avatar {avatar_id!r}", code="unknown_avatar") from None
+
+    def delete(self, avatar_id: str) -> None:
+        if avatar_id == DEFAULT_AVATAR_ID:
+            raise Conflict("the default avatar cannot be deleted", code="default_avatar")
+        self.get(avatar_id)
+        self._records.pop(avatar_id, None)
+        self._renderers.pop(avatar_id, None)
+        for p in (self._image_path(avatar_id), self.uploads / f"{avatar_id}.json"):
+            p.unlink(missing_ok=True)
+
+    async def renderer(self, avatar_id: str) -> Renderer:
+        self.get(avatar_id)
+        if avatar_id not in self._renderers:
+            pack = await asyncio.to_thread(self._prepare, self._image_path(avatar_id))
+            self._renderers[avatar_id] = await asyncio.to_thread(Renderer, pack)
+        return self._renderers[avatar_id]
+
+    def clear_cache(self) -> None:
+        shutil.rmtree(self.root / "avatars", ignore_errors=True)

@@ -1,0 +1,58 @@
+"""Server settings: one frozen dataclass, filled from flags and ``VIVIFY_*`` environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"VIVIFY_{name}", default)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None  # bearer token; None = open (bind to localhost then)
+    cors_origins: tuple[str, ...] = ()
+    max_sessions: int = 0  # 0 = measure the capacity at start
+    max_viewers_per_session: int = 16
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_ws_buffer_seconds: float = 120.0  # audio an agent may queue ahead of playback
+    session_idle_timeout: float = 300.0  # s without any peer, viewer or WebSocket
+    fps: int = 25
+    size: int = 512
+    playout_depth_frames: int = 3  # frames generated ahead of playback: the jitter buffer
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be within 1..65535, got {self.port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.fps != 25:
+            raise ValueError("fps: only 25 is supported (the motion contract runs at 25 fps)")
+        if self.size % 16 or not 128 <= self.size <= 1024:
+            raise ValueError(f"size must be a multiple of 16 within 128..1024, got {self.size}")
+        if not 1 <= self.playout_depth_frames <= 25:
+            raise ValueError("playout_depth_frames must be within 1..25")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ServerConfig:
+        """Defaults ← ``VIVIFY_*`` environment ← explicit overrides (flags)."""
+        values: dict[str, object] = {
+            "host": _env("HOST", cls.host),
+            "port": int(_env("PORT", str(cls.port))),
+            "token": os.environ.get("VIVIFY_TOKEN") or None,
+            "cors_origins": tuple(o for o in _env("CORS_ORIGINS", "").split(",") if o),
+            "max_sessions": int(_env("MAX_SESSIONS", "0")),
+        }
+        if os.environ.get("VIVIFY_TLS_CERT"):
+            values["tls_cert"] = Path(os.environ["VIVIFY_TLS_CERT"])
+            values["tls_key"] = Path(os.environ.get("VIVIFY_TLS_KEY", ""))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]

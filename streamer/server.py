@@ -1,0 +1,118 @@
+"""``vivify serve``: wire the engine, the scheduler and the API together and run uvicorn.
+
+Capacity is measured at start unless configured: render and encode a few frames of the default
+avatar, then admit as many sessions as the workers (rendering) and the event loop (encoding,
+RTP) can each sustain at 25 fps with 25 % headroom.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from streamer.app import create_app
+from streamer.avatars import AvatarStore
+from streamer.clock import MonotonicClock
+from streamer.config import ServerConfig
+from streamer.scheduler import InferenceScheduler
+from streamer.sessions import SessionManager
+
+log = logging.getLogger("vivify")
+HEADROOM = 0.75
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: easy to grep, easy to ship."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"t": round(record.created, 3), "level": record.levelname,
+                               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def measure_capacity(store: AvatarStore, workers: int, renderer: Any) -> int:
+    """Sessions this machine can run in real time (see the module docstring)."""
+    import av
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    from engines.motion import motion
+
+    poses = [motion(jaw_open=0.2 * (i % 5), head_yaw=0.1 * (i % 7 - 3)) for i in range(10)]
+    frames = [renderer.render(p).image for p in poses]  # warm-up
+    t0 = time.perf_counter()
+    for p in poses * 3:
+        renderer.render(p)
+    render_s = (time.perf_counter() - t0) / (3 * len(poses))
+    encoder = Vp8Encoder()  # what aiortc itself uses for VP8
+    for f in frames[:3]:
+        encoder.encode(av.VideoFrame.from_ndarray(f, format="rgb24"))
+    t0 = time.perf_counter()
+    for f in frames * 2:
+        encoder.encode(av.VideoFrame.from_ndarray(f, format="rgb24"))
+    encode_s = (time.perf_counter() - t0) / (2 * len(frames))
+    by_workers = workers * HEADROOM / (25 * (render_s + 0.0002))
+    by_loop = HEADROOM / (25 * (encode_s + 0.002))  # + ~2 ms of RTP/asyncio work per frame
+    cap = max(1, math.floor(min(by_workers, by_loop)))
+    log.info("capacity %d sessions (render %.1f ms, VP8 encode %.1f ms per frame)", cap,
+             render_s * 1e3, encode_s * 1e3)
+    return cap
+
+
+def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, SessionManager]:
+    from engines.model_store import default_cache_dir
+
+    root = home or default_cache_dir().parent
+    store = AvatarStore(root / "server", size=config.size)
+    scheduler = InferenceScheduler(workers=config.workers)
+    manager = SessionManager(config, store, scheduler, MonotonicClock(),
+                             capacity=max(config.max_sessions, 1))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        await store.ensure_default()
+        if config.max_sessions <= 0:
+            renderer = await store.renderer("default")
+            manager.capacity = measure_capacity(store, config.workers, renderer)
+        log.info("ready: %d sessions max", manager.capacity)
+        try:
+            yield
+        finally:
+            await manager.close_all()
+            scheduler.close()
+
+    app = create_app(manager, token=config.token, cors_origins=config.cors_origins,
+                     max_upload=config.max_upload_bytes, lifespan=lifespan)
+    return app, manager
+
+
+def serve(config: ServerConfig) -> int:
+    import uvicorn
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("no bearer token set while listening on %s: anyone can connect",
+                    config.host)
+    app, _ = build(config)
+    scheme = "https" if config.tls_cert else "http"
+    print(f"Vivify is starting on {scheme}://{config.host}:{config.port}/ "
+          f"(API docs at /docs)", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_config=None,
+                ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+                ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+                timeout_graceful_shutdown=5)
+    return 0
+

@@ -1,0 +1,272 @@
+"""Sessions: per-peer state in one object, one cleanup path, a manager with admission control.
+
+A ``Session`` owns its media pipeline, its peer connection (mirror mode, or the optional main
+peer of a broadcast), its viewers and its WebSocket clients. Every way a session can end — an
+API ``DELETE``, the peer's connection failing, the peer's audio stopping, an idle timeout, server
+shutdown — goes through :meth:`Session.aclose`, which is safe to call twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from engines.audio_io import SAMPLE_RATE
+from engines.baseline_driver import BaselineConfig, BaselineDriver
+from engines.driver import MotionDriver
+from streamer.avatars import AvatarStore
+from streamer.clock import Clock
+from streamer.config import ServerConfig
+from streamer.errors import ApiError, Full, NotFound
+from streamer.media import SessionMedia
+from streamer.scheduler import InferenceScheduler
+from streamer.tracks import AvatarAudioTrack, AvatarVideoTrack
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["mirror", "broadcast"]
+PEER_SILENT_TIMEOUT = 4.0  # s without audio from a mirror peer: it has vanished
+RETRY_AFTER_S = 10
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    fps: int = 25
+    size: int = 512
+    codec: Literal["vp8", "h264"] = "vp8"
+
+
+def _prefer_codec(pc: RTCPeerConnection, codec: str) -> None:
+    """Put the requested video codec first in every video transceiver's preferences."""
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    mime = f"video/{codec}".lower()
+    preferred = [c for c in caps if c.mimeType.lower() == mime]
+    others = [c for c in caps if c.mimeType.lower() != mime]
+    for t in pc.getTransceivers():
+        if t.kind == "video" and preferred:
+            t.setCodecPreferences(preferred + [c for c in others if c.mimeType.lower()
+                                               == "video/rtx"])
+
+
+async def _answer(pc: RTCPeerConnection, offer: dict[str, str], video: AvatarVideoTrack,
+                  audio: AvatarAudioTrack, codec: str) -> dict[str, str]:
+    try:
+        desc = RTCSessionDescription(sdp=offer["sdp"], type=offer["type"])
+        if desc.type != "offer":
+            raise ValueError("expected an SDP offer")
+        await pc.setRemoteDescription(desc)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ApiError(f"malformed SDP offer: {exc}", code="bad_sdp") from exc
+    kinds = {t.kind for t in pc.getTransceivers()}
+    if "video" not in kinds:
+        raise ApiError("the offer has no video section: add a recvonly video transceiver",
+                       code="bad_sdp")
+    pc.addTrack(video)
+    pc.addTrack(audio)
+    _prefer_codec(pc, codec)
+    await pc.setLocalDescription(await pc.createAnswer())
+    return {"type": pc.localDescription.type, "sdp": pc.localDescription.sdp}
+
+
+class Session:
+    def __init__(self, manager: SessionManager, avatar: str, mode: Mode, video: VideoOptions,
+                 media: SessionMedia) -> None:
+        self.id = uuid.uuid4().hex
+        self.manager = manager
+        self.avatar = avatar
+        self.mode = mode
+        self.video = video
+        self.media = media
+        self.created = time.time()
+        self.pc: RTCPeerConnection | None = None
+        self.viewers: dict[str, RTCPeerConnection] = {}
+        self.sockets: set[Callable[[dict[str, Any]], None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.close_reason: str | None = None
+        self._last_peer_audio = manager.clock.now()
+
+    # ------------------------------------------------------------------ events
+    def emit(self, event: dict[str, Any]) -> None:
+        for send in list(self.sockets):
+            send(event)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"{name}-{self.id[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ peers
+    async def connect(self, offer: dict[str, str]) -> dict[str, str]:
+        """The main peer: in mirror mode its microphone drives the avatar."""
+        pc = RTCPeerConnection()
+        self.pc = pc
+        sub = self.media.subscribe()
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and self.mode == "mirror":
+                self._spawn(self._ingest(track), "ingest")
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.aclose(f"peer connection {pc.connectionState}")
+
+        try:
+            answer = await _answer(pc, offer, AvatarVideoTrack(sub), AvatarAudioTrack(sub),
+                                   self.video.codec)
+        except BaseException:
+            self.media.unsubscribe(sub)
+            raise
+        if self.mode == "mirror":
+            self._spawn(self._watch_peer_audio(), "watchdog")
+        return answer
+
+    async def add_viewer(self, offer: dict[str, str]) -> tuple[str, dict[str, str]]:
+        if len(self.viewers) >= self.manager.config.max_viewers_per_session:
+            raise Full("this session has all the viewers it can take",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        viewer_id = uuid.uuid4().hex[:12]
+        pc = RTCPeerConnection()
+        sub = self.media.subscribe()
+        self.viewers[viewer_id] = pc
+
+        async def drop() -> None:
+            if self.viewers.pop(viewer_id, None) is not None:
+                self.media.unsubscribe(sub)
+                with contextlib.suppress(Exception):
+                    await pc.close()
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await drop()
+
+        try:
+            answer = await _answer(pc, offer, AvatarVideoTrack(sub), AvatarAudioTrack(sub),
+                                   self.video.codec)
+        except BaseException:
+            await drop()
+            raise
+        return viewer_id, answer
+
+    async def _ingest(self, track: MediaStreamTrack) -> None:
+        """Peer microphone (Opus, 48 kHz) → 16 kHz mono float32 → the media pipeline."""
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        try:
+            while True:
+                frame = await track.recv()
+                self._last_peer_audio = self.manager.clock.now()
+                for out in resampler.resample(frame):  # type: ignore[arg-type]
+                    self.media.push_audio(np.asarray(out.to_ndarray(), np.float32).reshape(-1))
+        except MediaStreamError:
+            await self.aclose("peer audio ended")
+
+    async def _watch_peer_audio(self) -> None:
+        """A mirror peer that stops sending audio (closed tab, lost network) is gone."""
+        while not self._closed:
+            await self.manager.clock.sleep(1.0)
+            if self.manager.clock.now() - self._last_peer_audio > PEER_SILENT_TIMEOUT:
+                await self.aclose("no audio from the peer")
+                return
+
+    # ------------------------------------------------------------------ state
+    def stats(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "avatar": self.avatar, "mode": self.mode,
+            "video": {"fps": self.video.fps, "size": self.video.size, "codec": self.video.codec},
+            "created": self.created, "viewers": len(self.viewers),
+            "connection": self.pc.connectionState if self.pc else None,
+            "websockets": len(self.sockets), "media": self.media.stats.as_dict(),
+        }
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self, reason: str = "closed") -> None:
+        """The one cleanup path. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        log.info("session %s closing: %s", self.id, reason)
+        self.manager._forget(self)
+        self.emit({"type": "error", "code": "session_closed", "message": reason})
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        await self.media.aclose()
+        pcs = [p for p in [self.pc, *self.viewers.values()] if p is not None]
+        self.viewers.clear()
+        for pc in pcs:
+            with contextlib.suppress(Exception):
+                await pc.close()
+        self.sockets.clear()
+
+
+class SessionManager:
+    """All live sessions, the capacity they share, and their common engine pieces."""
+
+    def __init__(self, config: ServerConfig, avatars: AvatarStore, scheduler: InferenceScheduler,
+                 clock: Clock, capacity: int,
+                 driver_factory: Callable[[], MotionDriver] | None = None) -> None:
+        self.config = config
+        self.avatars = avatars
+        self.scheduler = scheduler
+        self.clock = clock
+        self.capacity = capacity
+        self.sessions: dict[str, Session] = {}
+        self.driver_factory = driver_factory or (lambda: BaselineDriver(BaselineConfig()))
+        self.created_total = 0
+
+    async def create(self, avatar: str, mode: Mode, video: VideoOptions,
+                     offer: dict[str, str] | None) -> tuple[Session, dict[str, str] | None]:
+        if len(self.sessions) >= self.capacity:
+            raise Full(f"the server is running its maximum of {self.capacity} sessions",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        if mode == "mirror" and offer is None:
+            raise ApiError("mirror mode needs an SDP offer", code="offer_required")
+        renderer = await self.avatars.renderer(avatar)
+        holder: dict[str, Session] = {}
+        media = SessionMedia(renderer, self.driver_factory(), self.scheduler, self.clock,
+                             depth=self.config.playout_depth_frames, live=(mode == "mirror"),
+                             on_event=lambda e: holder["s"].emit(e),
+                             max_buffer_seconds=self.config.max_ws_buffer_seconds)
+        session = Session(self, avatar, mode, video, media)
+        holder["s"] = session
+        self.sessions[session.id] = session
+        self.created_total += 1
+        media.start()
+        try:
+            answer = await session.connect(offer) if offer is not None else None
+        except BaseException:
+            await session.aclose("negotiation failed")
+            raise
+        return session, answer
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise NotFound(f"no session {session_id!r}", code="unknown_session") from None
+
+    def _forget(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+
+    async def close_all(self, reason: str = "server shutting down") -> None:
+        await asyncio.gather(*(s.aclose(reason) for s in list(self.sessions.values())),
+                             return_exceptions=True)

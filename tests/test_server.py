@@ -1,0 +1,299 @@
+"""The streaming server end to end: a real uvicorn server, a real aiortc peer on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+import websockets
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+from media import espeak_wav
+
+from engines.audio_io import float_to_pcm16, load_audio
+from streamer.config import ServerConfig
+from streamer.server import build
+
+pytestmark = pytest.mark.slow
+TOKEN = "s3cret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    def __init__(self, home: Path, token: str | None, max_sessions: int = 4) -> None:
+        self.port = _free_port()
+        config = ServerConfig(port=self.port, token=token, max_sessions=max_sessions,
+                              max_upload_bytes=2 * 2**20)
+        self.app, self.manager = build(config, home=home)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def server(face_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with LiveServer(tmp_path_factory.mktemp("home"), TOKEN) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return espeak_wav("Hello there. My name is Peter, and I bought a bottle of milk.",
+                      tmp_path_factory.mktemp("speech") / "speech.wav")
+
+
+def api(server: LiveServer) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers=server.headers, timeout=30)
+
+
+async def _receive(pc: RTCPeerConnection, seconds: float) -> dict[str, Any]:
+    """Collect decoded video frames (with arrival times) and audio for ``seconds``."""
+    video: list[tuple[float, np.ndarray]] = []
+    audio: list[np.ndarray] = []
+    tasks = []
+
+    async def pull(track: Any) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    video.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
+                else:
+                    audio.append(frame.to_ndarray().reshape(-1))
+
+    for t in pc.getReceivers():
+        tasks.append(asyncio.create_task(pull(t.track)))
+    await asyncio.sleep(seconds)
+    for t in tasks:
+        t.cancel()
+    return {"video": video, "audio": audio}
+
+
+async def _connect(server: LiveServer, body: dict[str, Any], wav: Path | None,
+                   path: str = "/v1/sessions") -> tuple[RTCPeerConnection, dict[str, Any]]:
+    pc = RTCPeerConnection()
+    if wav is not None:
+        player = MediaPlayer(str(wav))
+        pc.addTrack(player.audio)
+    else:
+        pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    body = dict(body, offer={"type": "offer", "sdp": pc.localDescription.sdp})
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as c:
+        r = await c.post(path, json=body)
+    assert r.status_code == 201, r.text
+    data = r.json()
+    await pc.setRemoteDescription(RTCSessionDescription(**data["answer"]))
+    return pc, data
+
+
+def _mouth_activity(frames: list[np.ndarray]) -> np.ndarray:
+    """Mean absolute frame-to-frame change in the mouth region of the default avatar crop."""
+    region = [f[290:380, 190:320].astype(np.float32) for f in frames]
+    return np.array([np.abs(b - a).mean() for a, b in itertools.pairwise(region)])
+
+
+def test_health_metrics_and_docs(server: LiveServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert "vivify_sessions" in c.get("/metrics").text
+        assert c.get("/openapi.json").json()["info"]["title"] == "Vivify"
+        assert c.get("/").status_code == 200
+
+
+def test_auth_required_and_refused(server: LiveServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as c:
+        r = c.get("/v1/avatars")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+        r = c.get("/v1/avatars", headers={"authorization": "Bearer nope"})
+        assert r.status_code == 401
+    with api(server) as c:
+        assert any(a["id"] == "default" for a in c.get("/v1/avatars").json()["avatars"])
+
+
+def test_avatar_upload_errors_and_lifecycle(server: LiveServer, astronaut: np.ndarray) -> None:
+    from conftest import png_bytes
+
+    with api(server) as c:
+        r = c.post("/v1/avatars", files={"image": ("notes.txt", b"hello", "text/plain")})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_image"
+        r = c.post("/v1/avatars", files={"image": ("big.png", b"\x89PNG" + bytes(3 * 2**20),
+                                                   "image/png")})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
+        gradient = np.tile(np.linspace(0, 255, 256, dtype=np.uint8)[None, :, None], (256, 1, 3))
+        r = c.post("/v1/avatars", files={"image": ("g.png", png_bytes(gradient), "image/png")})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "no_face"
+        r = c.post("/v1/avatars", files={"image": ("a.png", png_bytes(astronaut[:, ::-1].copy()),
+                                                   "image/png")})
+        assert r.status_code == 201, r.text
+        avatar = r.json()["id"]
+        assert c.get(f"/v1/avatars/{avatar}").status_code == 200
+        assert c.delete(f"/v1/avatars/{avatar}").status_code == 204
+        assert c.get(f"/v1/avatars/{avatar}").status_code == 404
+        assert c.delete("/v1/avatars/default").status_code == 409
+
+
+def test_session_request_errors(server: LiveServer) -> None:
+    with api(server) as c:
+        r = c.post("/v1/sessions", json={"avatar": "nobody", "mode": "broadcast"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_avatar"
+        r = c.post("/v1/sessions", json={"mode": "mirror",
+                                         "offer": {"type": "offer", "sdp": "v=0 garbage"}})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_sdp"
+        r = c.post("/v1/sessions", json={"mode": "sideways"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+        r = c.post("/v1/sessions", content=b"{not json", headers={"content-type":
+                                                                   "application/json"})
+        assert r.status_code == 422
+        assert c.get("/v1/sessions/nope").status_code == 404
+    assert not server.manager.sessions  # nothing leaked from the failures
+
+
+def test_mirror_call_returns_lip_synced_video_and_audio(server: LiveServer, speech: Path) -> None:
+    async def scenario() -> dict[str, Any]:
+        pc, data = await _connect(server, {"mode": "mirror", "video": {"codec": "vp8"}}, speech)
+        got = await _receive(pc, 6.0)
+        stats = server.manager.get(data["id"]).stats()
+        await pc.close()
+        return dict(got, stats=stats, id=data["id"])
+
+    got = asyncio.run(scenario())
+    frames = [f for _, f in got["video"]]
+    assert frames and frames[0].shape == (512, 512, 3)
+    times = np.array([t for t, _ in got["video"]])
+    steady = times[times > times[0] + 1.0]
+    fps = (len(steady) - 1) / (steady[-1] - steady[0])
+    assert 20.0 <= fps <= 30.0, fps
+    activity = _mouth_activity(frames)
+    assert activity.max() > 3.0  # the mouth moved while the speech played
+    audio = np.concatenate(got["audio"]).astype(np.float32)
+    assert np.abs(audio).max() > 1000  # the same speech came back
+    assert got["stats"]["media"]["live_slots"] > 25
+    # The peer left: the session is cleaned up within 5 s.
+    deadline = time.time() + 6
+    while got["id"] in server.manager.sessions and time.time() < deadline:
+        time.sleep(0.1)
+    assert got["id"] not in server.manager.sessions
+
+
+def test_broadcast_with_two_viewers_driven_by_websocket(server: LiveServer, speech: Path) -> None:
+    pcm = float_to_pcm16(load_audio(speech))
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as c:
+            r = await c.post("/v1/sessions", json={"mode": "broadcast"})
+        assert r.status_code == 201
+        sid = r.json()["id"]
+        viewers = [await _connect(server, {}, None, f"/v1/sessions/{sid}/viewers")
+                   for _ in range(2)]
+        events: list[dict[str, Any]] = []
+        url = f"ws://127.0.0.1:{server.port}/v1/sessions/{sid}/ws?token={TOKEN}"
+        async with websockets.connect(url) as ws:
+            async def listen() -> None:
+                with contextlib.suppress(Exception):
+                    async for m in ws:
+                        events.append(json.loads(m))
+            listener = asyncio.create_task(listen())
+            await asyncio.sleep(1.0)
+            for i in range(0, len(pcm), 32000):
+                await ws.send(pcm[i:i + 32000])
+            await ws.send(json.dumps({"type": "segment_end"}))
+            received = await asyncio.gather(*(_receive(pc, 5.0) for pc, _ in viewers))
+            await ws.send(b"\x01\x02\x03")  # odd length: not PCM s16
+            await ws.send("{nope")
+            await ws.send(json.dumps({"type": "dance"}))
+            await ws.send(json.dumps({"type": "controls", "emotion": "happy", "gaze": [0.5, 0]}))
+            await ws.send(json.dumps({"type": "stats"}))
+            await asyncio.sleep(0.5)
+            listener.cancel()
+        stats = server.manager.get(sid).stats()
+        for pc, _ in viewers:
+            await pc.close()
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as c:
+            assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 204
+        return list(received), events, stats
+
+    received, events, stats = asyncio.run(scenario())
+    types = [e["type"] for e in events]
+    assert "playback_started" in types and "playback_finished" in types
+    finished = next(e for e in events if e["type"] == "playback_finished")
+    assert finished["interrupted"] is False and finished["position_ms"] > 1000
+    errors = [e for e in events if e["type"] == "error"]
+    assert {e["code"] for e in errors} >= {"bad_audio", "bad_message"}
+    assert any(e["type"] == "stats" for e in events)
+    assert stats["viewers"] == 2
+    for got in received:
+        frames = [f for _, f in got["video"]]
+        assert len(frames) > 75 and _mouth_activity(frames).max() > 3.0
+
+
+def test_interrupt_returns_to_idle(server: LiveServer, speech: Path) -> None:
+    pcm = float_to_pcm16(load_audio(speech))
+
+    async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as c:
+            sid = (await c.post("/v1/sessions", json={"mode": "broadcast"})).json()["id"]
+        session = server.manager.get(sid)
+        events: list[dict[str, Any]] = []
+        url = f"ws://127.0.0.1:{server.port}/v1/sessions/{sid}/ws"
+        async with websockets.connect(url, additional_headers=server.headers) as ws:
+            for i in range(0, len(pcm), 32000):
+                await ws.send(pcm[i:i + 32000])
+            await asyncio.sleep(1.0)
+            live_before = session.media.stats.live_slots
+            await ws.send(json.dumps({"type": "interrupt"}))
+            while not events or events[-1]["type"] != "playback_finished":
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), 2)))
+            await asyncio.sleep(0.3)
+            after_settle = session.media.stats.live_slots
+            await asyncio.sleep(1.0)
+            live_after = session.media.stats.live_slots
+        await session.aclose("test over")
+        return events, {"before": live_before, "settle": after_settle, "after": live_after}
+
+    events, counts = asyncio.run(scenario())
+    assert [e["type"] for e in events] == ["playback_started", "playback_finished"]
+    assert events[-1]["interrupted"] is True and 500 < events[-1]["position_ms"] < 2000
+    assert counts["before"] > 10
+    assert counts["after"] == counts["settle"]  # nothing of the old speech plays after it
+
+
+def test_capacity_answers_503(face_models: Path, tmp_path: Path) -> None:
+    with LiveServer(tmp_path, None, max_sessions=1) as live, api(live) as c:
+        assert c.post("/v1/sessions", json={"mode": "broadcast"}).status_code == 201
+        r = c.post("/v1/sessions", json={"mode": "broadcast"})
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["error"]["code"] == "server_full"
