@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 from PIL import Image
 
-
 REPEATS = 3
 
 
@@ -43,8 +42,8 @@ def main() -> None:
 
     from engines.audio_io import load_audio
     from engines.avatar import AvatarPreparer
-    from engines.motion import motion
     from engines.baseline_driver import BaselineConfig, BaselineDriver
+    from engines.motion import motion
     from engines.renderer import Renderer
     from streamer.offline import render_file
 
