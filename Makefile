@@ -37,10 +37,13 @@ $(STAMPS)/avatar: $(STAMPS)/models
 	$(PY) -m streamer.cli prepare default >/dev/null
 	@touch $@
 
+# The main job: the streaming server with the default avatar (prints its URL).
 run: setup
-	$(PY) -m streamer.cli demo -o out/demo.mp4 --progress
+	$(PY) -m streamer.cli serve $(SERVE_FLAGS)
 
-demo: run
+# An offline demo clip (the default avatar speaking an espeak-ng sentence) in out/demo.mp4.
+demo: setup
+	$(PY) -m streamer.cli demo -o out/demo.mp4 --progress
 
 test: setup
 	$(PY) -m pytest -q

@@ -7,10 +7,12 @@ RTP) can each sustain at 25 fps with 25 % headroom.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -79,7 +81,8 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
                              capacity=max(config.max_sessions, 1))
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # for tests and diagnostics
         scheduler.start()
         await store.ensure_default()
         if config.max_sessions <= 0:
@@ -110,6 +113,10 @@ def serve(config: ServerConfig) -> int:
     scheme = "https" if config.tls_cert else "http"
     print(f"Vivify is starting on {scheme}://{config.host}:{config.port}/ "
           f"(API docs at /docs)", flush=True)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the previous handler; a
+    # no-op handler there lets the process exit 0 after a clean drain instead of dying by it.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.run(app, host=config.host, port=config.port, log_config=None,
                 ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
                 ssl_keyfile=str(config.tls_key) if config.tls_key else None,

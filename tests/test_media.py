@@ -1,0 +1,131 @@
+"""One session's media pipeline on virtual time: pairing, idle life, interrupt, bounded latency."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engines.audio_io import SAMPLES_PER_FRAME
+from engines.baseline_driver import BaselineConfig, BaselineDriver
+from streamer.clock import VirtualClock
+from streamer.media import MAX_LIVE_BACKLOG, AVPair, SessionMedia
+
+
+class InlineScheduler:
+    """Runs each job at once on the loop; ``delay`` makes generation take virtual time."""
+
+    def __init__(self, clock: VirtualClock, delay: float = 0.0) -> None:
+        self.clock = clock
+        self.delay = delay
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        if self.delay:
+            await self.clock.sleep(self.delay)
+        return fn()
+
+
+def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000)
+    t = np.arange(n) / 16000
+    env = (np.sin(2 * np.pi * 3 * t) > 0).astype(np.float32)
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * env + 0.01 * rng.normal(size=n)).astype(
+        np.float32)
+
+
+def _run(renderer, seconds: float, live: bool, setup: Callable[[SessionMedia], Any] | None = None,
+         delay: float = 0.0, actions: list[tuple[float, Callable[[SessionMedia], Any]]] | None
+         = None) -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:  # type: ignore[no-untyped-def]
+    async def scenario() -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:
+        clock = VirtualClock()
+        events: list[dict[str, Any]] = []
+        media = SessionMedia(renderer, BaselineDriver(BaselineConfig()),
+                             InlineScheduler(clock, delay), clock, depth=3, live=live,  # type: ignore[arg-type]
+                             on_event=events.append)
+        sub = media.subscribe()
+        played: list[AVPair] = []
+
+        async def collect() -> None:
+            while (pair := await sub.video.get()) is not None:
+                played.append(pair)
+
+        collector = asyncio.create_task(collect())
+        media.start()
+        if setup:
+            setup(media)
+        elapsed = 0.0
+        for at, action in sorted(actions or [], key=lambda a: a[0]):
+            await clock.advance(at - elapsed)
+            elapsed = at
+            action(media)
+        await clock.advance(seconds - elapsed)
+        await media.aclose()
+        await collector
+        return played, events, media
+
+    return asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def played_speech(renderer):  # type: ignore[no-untyped-def]
+    audio = _speech_like(2.0)
+    return audio, _run(renderer, 3.5, live=False, setup=lambda m: (m.push_audio(audio),
+                                                                   m.segment_end()))
+
+
+def test_every_frame_carries_its_own_audio(played_speech) -> None:  # type: ignore[no-untyped-def]
+    audio, (played, events, media) = played_speech
+    slots = [p.slot for p in played]
+    assert slots == list(range(slots[0], slots[0] + len(slots)))  # paced, no gaps
+    live = [p for p in played if p.live]
+    assert len(live) == len(audio) // SAMPLES_PER_FRAME
+    sent = np.clip(audio[:len(live) * SAMPLES_PER_FRAME] * 32767, -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(np.concatenate([p.audio for p in live]), sent)
+    assert media.stats.late_slots == 0 and media.stats.dropped_pairs == 0
+
+
+def test_playback_events(played_speech) -> None:  # type: ignore[no-untyped-def]
+    audio, (_, events, _) = played_speech
+    assert [e["type"] for e in events] == ["playback_started", "playback_finished"]
+    assert events[1]["interrupted"] is False
+    assert events[1]["position_ms"] == len(audio) // SAMPLES_PER_FRAME * 40
+
+
+def test_silence_idles_alive(renderer) -> None:  # type: ignore[no-untyped-def]
+    played, events, media = _run(renderer, 6.0, live=True)
+    assert len(played) >= 140 and not any(p.live for p in played)
+    images = np.stack([p.image for p in played[::5]]).astype(np.float32)
+    assert np.abs(np.diff(images, axis=0)).mean(axis=(1, 2, 3)).min() > 0.05  # never frozen
+    assert events == []
+
+
+def test_interrupt_returns_to_idle_within_100ms(renderer) -> None:  # type: ignore[no-untyped-def]
+    audio = _speech_like(4.0)
+    played, events, _ = _run(renderer, 2.0, live=False, setup=lambda m: m.push_audio(audio),
+                             actions=[(1.0, lambda m: m.interrupt())])
+    assert events[-1]["type"] == "playback_finished" and events[-1]["interrupted"] is True
+    interrupt_slot = 1.0 / 0.04
+    late_live = [p.slot for p in played if p.live and p.slot > interrupt_slot + 2.5]
+    assert late_live == []  # at most 100 ms (2.5 slots) of old speech after the interrupt
+    assert any(p.live for p in played if p.slot < interrupt_slot)
+
+
+def test_live_backlog_is_trimmed_to_keep_latency_bounded(renderer) -> None:  # type: ignore[no-untyped-def]
+    audio = _speech_like(3.0)
+    played, _, media = _run(renderer, 1.0, live=True, setup=lambda m: m.push_audio(audio))
+    assert media.stats.trimmed_samples >= len(audio) - MAX_LIVE_BACKLOG - SAMPLES_PER_FRAME
+    assert sum(p.live for p in played) <= MAX_LIVE_BACKLOG // SAMPLES_PER_FRAME + 1
+
+
+def test_slow_generation_drops_work_instead_of_growing_latency(renderer) -> None:  # type: ignore[no-untyped-def]
+    audio = _speech_like(6.0)
+    played, _, media = _run(renderer, 4.0, live=False, setup=lambda m: m.push_audio(audio),
+                            delay=0.06)
+    slots = [p.slot for p in played]
+    assert slots == sorted(slots) and len(slots) >= 95  # the ticker kept 25 fps
+    assert media.stats.late_slots > 10  # held frames while generation lagged
+    assert media._produced - media._playing <= media.depth  # no growing backlog of frames
