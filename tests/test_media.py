@@ -78,7 +78,7 @@ def played_speech(renderer):  # type: ignore[no-untyped-def]
 
 
 def test_every_frame_carries_its_own_audio(played_speech) -> None:  # type: ignore[no-untyped-def]
-    audio, (played, events, media) = played_speech
+    audio, (played, _events, media) = played_speech
     slots = [p.slot for p in played]
     assert slots == list(range(slots[0], slots[0] + len(slots)))  # paced, no gaps
     live = [p for p in played if p.live]
@@ -96,7 +96,7 @@ def test_playback_events(played_speech) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_silence_idles_alive(renderer) -> None:  # type: ignore[no-untyped-def]
-    played, events, media = _run(renderer, 6.0, live=True)
+    played, events, _media = _run(renderer, 6.0, live=True)
     assert len(played) >= 140 and not any(p.live for p in played)
     images = np.stack([p.image for p in played[::5]]).astype(np.float32)
     assert np.abs(np.diff(images, axis=0)).mean(axis=(1, 2, 3)).min() > 0.05  # never frozen
