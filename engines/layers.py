@@ -18,13 +18,22 @@ import numpy as np
 
 from engines import face_topology as ft
 
-NO_MAP = np.empty((0,), np.float32)  # cv2's "no second map" (maps here are two-channel)
 SUBPIXEL_BITS = 3  # cv2.fillPoly fixed-point precision: 1/8 px edges
 UPPER_TEETH = 0.10  # band height, × eye distance
 LOWER_TEETH = 0.06
 CAVITY_FULL_AT = 0.05  # opening (× eye distance) beyond the source's at which the layer is opaque
 GAZE_FULL_AT = 0.08  # |gaze| at which the iris layer is fully on
 BLINK_FADE = (0.55, 0.95)  # blink amount over which the closed-lid plate fades in
+
+
+def remap_region(image: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """``cv2.remap`` with a two-channel float map (which must be contiguous).
+
+    The second map must be ``None``: an *empty array* there silently gives wrong pixels
+    (checked with OpenCV 5.0), hence this one wrapper and its type-ignore.
+    """
+    return cv2.remap(image, np.ascontiguousarray(maps), None,  # type: ignore[call-overload]
+                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _roi(points: np.ndarray, margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -142,8 +151,7 @@ def composite_irises(frame: np.ndarray, points: np.ndarray, iris_offset: np.ndar
         x0, y0, x1, y1 = roi
         if x1 - x0 < 3 or y1 - y0 < 3:
             continue
-        base = cv2.remap(plate, maps[y0:y1, x0:x1], NO_MAP, cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        base = remap_region(plate, maps[y0:y1, x0:x1]).astype(np.float32)
         # The iris disc from the source, placed at the posed centre plus the gaze shift.
         c_src = source_points[iris[0]]
         radius = float(np.linalg.norm(source_points[list(iris[1:])] - c_src, axis=1).mean())
@@ -176,8 +184,7 @@ def composite_lids(frame: np.ndarray, points: np.ndarray, blink: tuple[float, fl
         x0, y0, x1, y1 = roi
         if x1 - x0 < 3 or y1 - y0 < 3:
             continue
-        closed = cv2.remap(plate, maps[y0:y1, x0:x1], NO_MAP, cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        closed = remap_region(plate, maps[y0:y1, x0:x1]).astype(np.float32)
         # A soft ellipse around the eye: the plate differs from the frame only near the eye.
         ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

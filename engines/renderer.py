@@ -21,7 +21,7 @@ import numpy as np
 
 from engines import face_topology as ft
 from engines.avatar import AvatarPack
-from engines.layers import NO_MAP, composite_irises, composite_lids, composite_mouth
+from engines.layers import composite_irises, composite_lids, composite_mouth
 from engines.motion import INDEX
 from engines.rig import Rig, RigPose
 from engines.warp import ThinPlateFlow
@@ -81,7 +81,8 @@ class Renderer:
         y0, y1, x0, x1 = self.flow.moving_box  # outside it every pixel is still
         if y1 > y0:
             # Fixed-point maps (1/32 px) remap faster and keep still pixels exactly still.
-            m1, m2 = cv2.convertMaps(maps[y0:y1, x0:x1], NO_MAP, cv2.CV_16SC2)
+            m1, m2 = cv2.convertMaps(np.ascontiguousarray(maps[y0:y1, x0:x1]),
+                                     None, cv2.CV_16SC2)  # type: ignore[call-overload]
             image[y0:y1, x0:x1] = cv2.remap(self.pack.crop, m1, m2, cv2.INTER_LINEAR,
                                             borderMode=cv2.BORDER_REPLICATE)
         composite_mouth(image, pose.points, self._rest_xy, self.pack.palette, self.eye_distance)

@@ -29,10 +29,12 @@ from engines.errors import AvatarInputError
 from streamer.errors import ApiError, TooLarge, Unauthorized
 from streamer.messages import ClientMessage, parse_client_message
 from streamer.sessions import SessionManager, VideoOptions
+from streamer.voice import synthesize
 
 log = logging.getLogger(__name__)
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
 MAX_WS_BINARY = 64 * 1024  # bytes per PCM message (2 s of 16 kHz s16)
+MAX_SPEAK_CHARS = 2000
 
 
 class SessionDescription(BaseModel):
@@ -55,6 +57,11 @@ class SessionRequest(BaseModel):
 
 class ViewerRequest(BaseModel):
     offer: SessionDescription
+
+
+class SpeakRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=MAX_SPEAK_CHARS)
+    voice: str = Field("en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})*(\+[a-z0-9]+)?$")
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
@@ -151,6 +158,12 @@ def create_app(manager: SessionManager, token: str | None = None,
     async def get_avatar(avatar_id: str) -> dict[str, Any]:
         return manager.avatars.get(avatar_id).public()
 
+    @app.get("/v1/avatars/{avatar_id}/preview.jpg", tags=["avatars"])
+    async def avatar_preview(avatar_id: str) -> Response:
+        """The prepared face crop (no token needed: it is what viewers see anyway)."""
+        return Response(await manager.avatars.preview(avatar_id), media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=3600"})
+
     @app.delete("/v1/avatars/{avatar_id}", status_code=204, dependencies=auth, tags=["avatars"])
     async def delete_avatar(avatar_id: str) -> Response:
         manager.avatars.delete(avatar_id)
@@ -178,6 +191,19 @@ def create_app(manager: SessionManager, token: str | None = None,
         session = manager.get(session_id)
         viewer_id, answer = await session.add_viewer(body.offer.model_dump())
         return {"viewer": viewer_id, "answer": answer}
+
+    @app.post("/v1/sessions/{session_id}/speak", status_code=202, dependencies=auth,
+              tags=["sessions"])
+    async def speak(session_id: str, body: SpeakRequest) -> dict[str, Any]:
+        """Say ``text`` with the built-in demo voice (espeak-ng), as if an agent sent it."""
+        session = manager.get(session_id)
+        audio = await synthesize(body.text, body.voice)
+        try:
+            session.media.push_audio(audio)
+        except OverflowError as exc:
+            raise ApiError(str(exc), code="buffer_full", status=409) from exc
+        session.media.segment_end()
+        return {"duration_ms": len(audio) * 1000 // 16000}
 
     @app.get("/v1/sessions/{session_id}", dependencies=auth, tags=["sessions"])
     async def session_stats(session_id: str) -> dict[str, Any]:

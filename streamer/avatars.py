@@ -119,5 +119,16 @@ class AvatarStore:
             self._renderers[avatar_id] = await asyncio.to_thread(Renderer, pack)
         return self._renderers[avatar_id]
 
+    async def preview(self, avatar_id: str) -> bytes:
+        """The avatar's aligned face crop as JPEG, for pickers and previews."""
+        import cv2
+
+        renderer = await self.renderer(avatar_id)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(renderer.pack.crop, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, 85])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        return bytes(buf)
+
     def clear_cache(self) -> None:
         shutil.rmtree(self.root / "avatars", ignore_errors=True)

@@ -195,3 +195,23 @@ def test_config_validation(pack) -> None:  # type: ignore[no-untyped-def]
             np.zeros((3, 2)), np.zeros((100, 100), np.float32), grid_step=8)
     with pytest.raises(ValueError, match="iterations"):
         Renderer(pack, RenderConfig(iterations=0))
+
+
+def test_gaze_keeps_the_eye_white_intact(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+    """Outside the old and new iris discs, the eye after a gaze shift looks like the source."""
+    frame = renderer.render(motion(gaze_x=0.4))
+    lm = pack.landmarks
+    for upper, lower, iris, k in ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER, ft.RIGHT_IRIS, 0),
+                                  (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER, ft.LEFT_IRIS, 1)):
+        opening = polygon_mask(pack.crop.shape, np.concatenate(
+            [lm[list(upper), :2], lm[list(lower[::-1]), :2]]))
+        c = lm[iris[0], :2]
+        r = float(np.linalg.norm(lm[list(iris[1:]), :2] - c, axis=1).mean())
+        ys, xs = np.mgrid[0:pack.size, 0:pack.size]
+        new = c + frame.pose.iris_offset[k]
+        away = (np.hypot(xs - c[0], ys - c[1]) > 1.4 * r) & (np.hypot(xs - new[0],
+                                                                        ys - new[1]) > 1.4 * r)
+        region = opening & away
+        assert region.sum() > 20
+        diff = np.abs(frame.image[region].astype(int) - pack.crop[region].astype(int)).mean()
+        assert diff < 15, diff
