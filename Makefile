@@ -5,14 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-APT_PACKAGES := espeak-ng sox
+APT_PACKAGES := espeak-ng sox chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
-# Debian packages: espeak-ng is the demo voice and makes the test speech; sox checks audio.
+# Debian packages: espeak-ng is the demo voice and makes the test speech; sox checks audio;
+# chromium runs the browser end-to-end tests (driven by Playwright, never its own browser).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

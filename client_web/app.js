@@ -105,20 +105,22 @@ function watchConnection(pc) {
   });
 }
 
-async function startStats() {
+async function pollStats() {
+  const { pc, session } = state;
+  if (!pc || !session) return;
+  const s = await readStats(pc, state.lastStats);
+  state.lastStats = s;
+  let serverMs = null;
+  try {
+    serverMs = (await api.get(`/v1/sessions/${session}`)).media.latency_ms_p50;
+  } catch { /* the session may be closing */ }
+  window.vivifyStats = { ...s, serverLatencyMs: serverMs };
+  $("stats").textContent = formatStats(s, serverMs);
+}
+
+function startStats() {
   clearInterval(state.statsTimer);
-  state.statsTimer = setInterval(async () => {
-    if (!state.pc) return;
-    const s = await readStats(state.pc, state.lastStats);
-    state.lastStats = s;
-    let serverMs = null;
-    try {
-      const info = await api.get(`/v1/sessions/${state.session}`);
-      serverMs = info.media.latency_ms_p50;
-    } catch { /* the session may be closing */ }
-    window.vivifyStats = { ...s, serverLatencyMs: serverMs };
-    $("stats").textContent = formatStats(s, serverMs);
-  }, 1000);
+  state.statsTimer = setInterval(() => { state.statsPoll = pollStats(); }, 1000);
 }
 
 async function begin(mode) {
@@ -159,12 +161,15 @@ async function begin(mode) {
 
 async function stop() {
   clearInterval(state.statsTimer);
-  const { pc, ws, mic, session } = state;
+  const { pc, ws, mic, session, statsPoll } = state;
   Object.assign(state, { pc: null, ws: null, mic: null, session: null, lastStats: null });
+  if (statsPoll) await statsPoll;  // no request may still be in flight for a deleted session
+  // End the session first: closing the peer first would let the server end it on its own and
+  // turn our DELETE into a 404.
+  if (session) { try { await api.del(`/v1/sessions/${session}`); } catch { /* gone already */ } }
   if (ws) ws.close();
   if (mic) mic.getTracks().forEach((t) => t.stop());
   if (pc) pc.close();
-  if (session) { try { await api.del(`/v1/sessions/${session}`); } catch { /* gone already */ } }
   const video = $("video");
   video.srcObject = null;
   setBusy(false);

@@ -1,0 +1,181 @@
+"""The browser client in a real headless Chromium (Debian's), driven by Playwright.
+
+The fake microphone plays a generated espeak-ng wav; frames are read back from the <video>
+element through a canvas, so what is checked is what a person would see.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import png_bytes
+from media import espeak_wav, write_wav
+from test_server import LiveServer
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("chromium") is None,
+                                 reason="Debian chromium is not installed (make test installs it)")]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+# As root, with no network: sandbox off, and nothing that phones home.
+BASE_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             "--autoplay-policy=no-user-gesture-required"]
+MOUTH_JS = """() => {
+  const v = document.getElementById('video');
+  if (!v.videoWidth) return null;
+  const c = document.createElement('canvas'); c.width = 512; c.height = 512;
+  const g = c.getContext('2d'); g.drawImage(v, 0, 0, 512, 512);
+  return Array.from(g.getImageData(190, 290, 130, 90).data);
+}"""
+
+
+@pytest.fixture(scope="module")
+def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 s of silence, then a sentence, then silence: what the fake microphone loops."""
+    from engines.audio_io import load_audio
+
+    tmp = tmp_path_factory.mktemp("mic")
+    speech = load_audio(espeak_wav("Hello there! Peter bought a big bottle of milk today.",
+                                   tmp / "speech.wav"))
+    silence = np.zeros(32000, np.float32)
+    return write_wav(tmp / "mic.wav", np.concatenate([silence, speech, silence]), rate=16000)
+
+
+@pytest.fixture(scope="module")
+def live(face_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    with LiveServer(tmp_path_factory.mktemp("home"), None, max_sessions=4) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser(mic_wav: Path) -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=[*BASE_ARGS, f"--use-file-for-fake-audio-capture={mic_wav}"])
+        yield b
+        b.close()
+
+
+class Page:
+    """A page plus the console errors it produced."""
+
+    def __init__(self, browser: Any, url: str) -> None:
+        self.errors: list[str] = []
+        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error"
+                     else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(url)
+
+    def mouth_series(self, seconds: float, step: float = 0.1) -> np.ndarray:
+        """Mean absolute change of the mouth region between samples ``step`` apart."""
+        samples = []
+        end = time.time() + seconds
+        while time.time() < end:
+            data = self.page.evaluate(MOUTH_JS)
+            if data is not None:
+                samples.append(np.array(data, np.float32).reshape(90, 130, 4)[..., :3])
+            time.sleep(step)
+        return np.array([np.abs(b - a).mean() for a, b in zip(samples, samples[1:],
+                                                                strict=False)])
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+    def close(self) -> None:
+        self.page.close()
+
+
+def test_call_mode_shows_a_talking_avatar(browser: Any, live: LiveServer) -> None:
+    p = Page(browser, live.url)
+    p.page.wait_for_selector("#avatars button")
+    t0 = time.time()
+    p.page.click("#start-call")
+    p.page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=20000)
+    first_frame_s = time.time() - t0
+    assert p.page.evaluate("document.getElementById('video').videoWidth") == 512
+    assert p.page.evaluate("document.getElementById('video').videoHeight") == 512
+    activity = p.mouth_series(7.0)  # the fake mic loops 2 s silence / speech / 2 s silence
+    p.shot("call-mode")
+    stats = p.page.evaluate("window.vivifyStats")
+    assert activity.max() > 4.0, activity
+    assert np.percentile(activity, 20) < 0.5 * activity.max()  # still in the silences
+    assert stats["width"] == 512 and stats["fps"] >= 15
+    assert p.page.text_content("#state") in ("Speaking…", "Connected.", "Finished speaking.")
+    p.page.click("#stop")
+    p.page.wait_for_function("document.getElementById('start-call').disabled === false")
+    assert p.errors == []
+    p.close()
+    print(f"click → first frame {first_frame_s * 1000:.0f} ms")
+
+
+def test_presenter_with_a_viewer_and_interrupt(browser: Any, live: LiveServer) -> None:
+    presenter = Page(browser, live.url)
+    presenter.page.click("#tab-present")
+    presenter.page.click("#start-present")
+    presenter.page.wait_for_function(
+        "document.getElementById('viewer-link').value.includes('watch.html')", timeout=20000)
+    link = presenter.page.input_value("#viewer-link")
+    viewer = Page(browser, link)
+    viewer.page.wait_for_function("document.getElementById('video').videoWidth > 0",
+                                  timeout=20000)
+    presenter.page.fill("#say", "This is a long announcement from the presenter. " * 4)
+    presenter.page.click("#speak")
+    time.sleep(1.0)
+    talking = viewer.mouth_series(2.0)
+    viewer.shot("viewer-page")
+    presenter.shot("presenter-mode")
+    presenter.page.click("#interrupt")
+    presenter.page.wait_for_function(
+        "document.getElementById('state').textContent.startsWith('Interrupted')", timeout=5000)
+    time.sleep(0.4)
+    after = viewer.mouth_series(2.0)
+    assert talking.max() > 4.0, talking
+    assert after.mean() < 0.5 * talking.mean(), (talking.mean(), after.mean())
+    assert viewer.errors == [] and presenter.errors == []
+    viewer.close()
+    presenter.page.click("#stop-present")
+    presenter.close()
+
+
+def test_upload_without_a_face_shows_the_error(browser: Any, live: LiveServer,
+                                               tmp_path: Path) -> None:
+    p = Page(browser, live.url)
+    gradient = np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None], (300, 1, 3))
+    image = tmp_path / "landscape.png"
+    image.write_bytes(png_bytes(gradient))
+    p.page.check("#consent")
+    p.page.set_input_files("#upload", str(image))
+    p.page.wait_for_selector("#avatar-error:not([hidden])", timeout=20000)
+    assert "no face" in (p.page.text_content("#avatar-error") or "").lower()
+    p.shot("upload-error")
+    p.close()
+
+
+def test_phone_sized_screen_and_keyboard(browser: Any, live: LiveServer) -> None:
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.goto(live.url)
+    page.wait_for_selector("#avatars button")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390  # no sideways scrolling
+    page.keyboard.press("Tab")
+    focused = [page.evaluate("document.activeElement.id || document.activeElement.tagName")]
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id || "
+                                     "document.activeElement.tagName"))
+    assert "start-call" in focused or "drop" in focused
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
+    page.close()
