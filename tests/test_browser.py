@@ -6,6 +6,7 @@ element through a canvas, so what is checked is what a person would see.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import time
 from collections.abc import Iterator
@@ -86,8 +87,7 @@ class Page:
             if data is not None:
                 samples.append(np.array(data, np.float32).reshape(90, 130, 4)[..., :3])
             time.sleep(step)
-        return np.array([np.abs(b - a).mean() for a, b in zip(samples, samples[1:],
-                                                                strict=False)])
+        return np.array([np.abs(b - a).mean() for a, b in itertools.pairwise(samples)])
 
     def shot(self, name: str) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
