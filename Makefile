@@ -8,7 +8,7 @@ STAMPS := .stamps
 APT_PACKAGES := espeak-ng sox chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages
+.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages bench-browser
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
@@ -63,3 +63,7 @@ bench-stages: setup
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 0 $(PY) bench/stages.py
 
 bench: bench-stages
+
+# Browser-side figures: click → first frame (median of 5) and 30 s of call mode from getStats().
+bench-browser: setup
+	$(PY) bench/browser.py
