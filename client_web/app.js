@@ -93,8 +93,8 @@ function watchConnection(pc) {
   pc.addEventListener("connectionstatechange", () => {
     if (pc.connectionState === "connected") setState("Connected.");
     if (pc.connectionState === "failed") {
+      stop(null);
       setState("The connection failed (ICE could not find a path to the server).", true);
-      stop();
     }
   });
   pc.addEventListener("track", (e) => {
@@ -154,12 +154,13 @@ async function begin(mode) {
       $("viewer-link").value = `${location.origin}/watch.html?session=${res.id}`;
     }
   } catch (err) {
+    await stop(null);
     setState(api.describe(err), true);
-    await stop();
   }
 }
 
-async function stop() {
+// Ends the session (if any); ``message`` replaces the status line unless null.
+async function stop(message = "Not connected.") {
   clearInterval(state.statsTimer);
   const { pc, ws, mic, session, statsPoll } = state;
   Object.assign(state, { pc: null, ws: null, mic: null, session: null, lastStats: null });
@@ -173,6 +174,7 @@ async function stop() {
   const video = $("video");
   video.srcObject = null;
   setBusy(false);
+  if (message !== null) setState(message);
 }
 
 function setBusy(on) {
@@ -182,7 +184,6 @@ function setBusy(on) {
   $("stop-present").disabled = !(on && state.mode === "broadcast");
   for (const id of ["speak", "audio-file", "copy-link"]) $(id).disabled = !(on && state.mode === "broadcast");
   $("interrupt").disabled = !on;
-  if (!on) setState("Not connected.");
 }
 
 // ---------------------------------------------------------------- presenter
@@ -235,9 +236,9 @@ function init() {
     loadAvatars();
   });
   $("start-call").addEventListener("click", () => begin("mirror"));
-  $("stop").addEventListener("click", stop);
+  $("stop").addEventListener("click", () => stop());
   $("start-present").addEventListener("click", () => begin("broadcast"));
-  $("stop-present").addEventListener("click", stop);
+  $("stop-present").addEventListener("click", () => stop());
   $("speak").addEventListener("click", speak);
   $("audio-file").addEventListener("change", sendAudioFile);
   $("copy-link").addEventListener("click", async () => {
