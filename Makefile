@@ -8,7 +8,7 @@ STAMPS := .stamps
 APT_PACKAGES := espeak-ng sox chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages bench-browser
+.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages bench-browser bench-compare
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
@@ -67,3 +67,8 @@ bench: bench-stages
 # Browser-side figures: click → first frame (median of 5) and 30 s of call mode from getStats().
 bench-browser: setup
 	$(PY) bench/browser.py
+
+# Two versions side by side in one run, alternating, as ratios: make bench-compare A=<sha> B=<sha>
+bench-compare: setup
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make bench-compare A=<sha> B=<sha>"; exit 2; }
+	$(PY) bench/compare.py $(A) $(B)

@@ -7,6 +7,7 @@ whatever machine runs it, so compare them as ratios on one machine.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -36,7 +37,11 @@ def _stats(samples: list[float]) -> dict[str, float]:
         ms, 95)), 3), "n": len(ms)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer frames; skip the big photo")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     from skimage import data
 
@@ -61,11 +66,12 @@ def main() -> None:
         t = time.perf_counter()
         pack = prep.prepare(_png(astronaut), use_cache=False)
         report["prepare_512_s"] = round(time.perf_counter() - t, 3)
-        big = np.full((3000, 4000, 3), 200, np.uint8)
-        big[700:2236, 1200:2736] = cv2.resize(astronaut, (1536, 1536))
-        t = time.perf_counter()
-        prep.prepare(_png(big), use_cache=False)
-        report["prepare_4000x3000_s"] = round(time.perf_counter() - t, 3)
+        if not args.quick:
+            big = np.full((3000, 4000, 3), 200, np.uint8)
+            big[700:2236, 1200:2736] = cv2.resize(astronaut, (1536, 1536))
+            t = time.perf_counter()
+            prep.prepare(_png(big), use_cache=False)
+            report["prepare_4000x3000_s"] = round(time.perf_counter() - t, 3)
 
         t = time.perf_counter()
         renderer = Renderer(pack)
@@ -75,6 +81,8 @@ def main() -> None:
         subprocess.run(["espeak-ng", "-w", str(wav), "The quick brown fox jumps over the lazy "
                         "dog, and then it sings a little song about the morning sun."], check=True)
         motions = BaselineDriver(BaselineConfig()).drive(load_audio(wav))
+        if args.quick:
+            motions = motions[:60]
         times: list[float] = []
         best: list[float] = []
         crops = []
@@ -125,9 +133,8 @@ def main() -> None:
         report["offline_render"] = {"audio_s": round(rep.audio_seconds, 2),
                                     "wall_s": round(rep.wall_seconds, 2),
                                     "x_realtime": round(rep.realtime_factor, 2)}
-    out = Path("bench/results")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"stages-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = args.out or Path("bench/results") / f"stages-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"written to {path}")
