@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-APT_PACKAGES := espeak-ng sox chromium
+APT_PACKAGES := espeak-ng sox chromium portaudio19-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages bench-browser bench-compare
@@ -13,7 +13,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
 # Debian packages: espeak-ng is the demo voice and makes the test speech; sox checks audio;
-# chromium runs the browser end-to-end tests (driven by Playwright, never its own browser).
+# chromium runs the browser end-to-end tests (driven by Playwright, never its own browser);
+# portaudio19-dev lets pyaudio build for `vivify talk`.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -26,7 +27,7 @@ $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,talk]'
 	@touch $@
 
 # Face model files, taken from the mediapipe 0.10.21 wheel on PyPI and checked by sha256.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engines.default_avatar import default_portrait_path, resolve_portrait
 from engines.errors import AvatarInputError
+from streamer.talk import add_talk_parser
 
 DEMO_SENTENCE = (
     "Hello! I am a portrait brought to life by Vivify. "
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/demo.mp4")
     render_flags(p)
     p.set_defaults(func=_cmd_demo)
+
+    add_talk_parser(sub)
     return parser
 
 

@@ -98,6 +98,14 @@ class Subscriber:
     def __init__(self) -> None:
         self.video: asyncio.Queue[AVPair | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self.audio: asyncio.Queue[AVPair | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        # The slot both tracks count their timestamps from: shared, so that a queue that
+        # dropped its oldest pair before being read cannot shift one track against the other.
+        self.first_slot: int | None = None
+
+    def origin(self, slot: int) -> int:
+        if self.first_slot is None:
+            self.first_slot = slot
+        return self.first_slot
 
     def offer(self, pair: AVPair | None) -> None:
         for q in (self.video, self.audio):

@@ -26,7 +26,6 @@ class AvatarVideoTrack(MediaStreamTrack):
     def __init__(self, subscriber: Subscriber) -> None:
         super().__init__()
         self._sub = subscriber
-        self._first_slot: int | None = None
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
@@ -35,10 +34,8 @@ class AvatarVideoTrack(MediaStreamTrack):
         if pair is None:
             self.stop()
             raise MediaStreamError
-        if self._first_slot is None:
-            self._first_slot = pair.slot
         frame = av.VideoFrame.from_ndarray(pair.image, format="rgb24")
-        frame.pts = (pair.slot - self._first_slot) * (VIDEO_CLOCK // FPS)
+        frame.pts = (pair.slot - self._sub.origin(pair.slot)) * (VIDEO_CLOCK // FPS)
         frame.time_base = VIDEO_TIME_BASE
         return frame
 
@@ -53,7 +50,6 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._sub = subscriber
         self._current: AVPair | None = None
         self._half = 0
-        self._first_slot: int | None = None
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -63,15 +59,13 @@ class AvatarAudioTrack(MediaStreamTrack):
             if pair is None:
                 self.stop()
                 raise MediaStreamError
-            if self._first_slot is None:
-                self._first_slot = pair.slot
             self._current, self._half = pair, 0
         pair = self._current
         chunk = pair.audio[self._half * AUDIO_PACKET:(self._half + 1) * AUDIO_PACKET]
         frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
-        assert self._first_slot is not None
-        frame.pts = (pair.slot - self._first_slot) * SAMPLES_PER_FRAME + self._half * AUDIO_PACKET
+        origin = self._sub.origin(pair.slot)
+        frame.pts = (pair.slot - origin) * SAMPLES_PER_FRAME + self._half * AUDIO_PACKET
         frame.time_base = AUDIO_TIME_BASE
         self._half += 1
         return frame
