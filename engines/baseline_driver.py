@@ -90,6 +90,7 @@ PRESS_PEAK_MIN_DB = -32.0  # both sides must reach this level to count as speech
 
 # Follower time constants (seconds): (attack when rising, release when falling).
 TAU_JAW = (0.02, 0.06)
+INTERRUPT_MOUTH_KEEP = 0.5  # share of the mouth's opening kept on the frame after clear()
 TAU_LIP_SHAPE = (0.05, 0.08)
 TAU_UPPER_LIP = (0.03, 0.07)
 TAU_PRESS = (0.015, 0.05)
@@ -499,10 +500,13 @@ class BaselineDriver:
         return frames
 
     def clear(self) -> None:
-        """Interruption: drop audio not yet shown. Head, blinks and gaze continue unbroken and
-        the mouth closes smoothly, because every filter and schedule keeps its state."""
+        """Interruption: drop audio not yet shown. Head, blinks and gaze continue unbroken; the
+        mouth is pulled half-way shut at once and its release finishes the close within ~3
+        frames, so an interrupted face is idle within about 100 ms, as people stop talking."""
         self._consolidate()
         self._truncate_to(self._frames * self._spf)
+        for follower in self._mouth.values():
+            follower.value *= INTERRUPT_MOUTH_KEEP
 
     def drive(self, audio: np.ndarray) -> np.ndarray:
         """Offline: all frames for ``audio`` (ceil(len / samples_per_frame) of them).

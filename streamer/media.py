@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 FRAME_SECONDS = 1.0 / FPS
-MAX_LIVE_BACKLOG = 3 * SAMPLES_PER_FRAME  # live mic audio kept beyond what is being generated
+MAX_LIVE_BACKLOG = 2 * SAMPLES_PER_FRAME  # live mic audio kept beyond what is being generated
 SUBSCRIBER_QUEUE = 8  # pairs a slow consumer may lag before its oldest are dropped
 GAZE_GAIN = 1.0
 DISTANCE_GAIN = 1.0
@@ -272,12 +272,20 @@ class SessionMedia:
 
     async def _produce(self) -> None:
         silence = np.zeros(SAMPLES_PER_FRAME, np.float32)
+        lookahead_blocks = -(-self.driver.latency_samples // SAMPLES_PER_FRAME)
         epoch = self._epoch
         while True:
             if epoch != self._epoch:  # interrupted: forget the driver's audio, start afresh
                 epoch = self._epoch
                 self._pending.clear()
                 self.driver.clear()
+                # Prime the driver's lookahead with silence in one step, so the very next slot
+                # already shows the face going idle instead of holding the speaking frame.
+                for _ in range(lookahead_blocks):
+                    self._pending.append((silence, False, None))
+                    early = await self.scheduler.run(functools.partial(self.driver.push, silence))
+                    for _ in range(len(early)):  # none expected; keep blocks and frames paired
+                        self._pending.popleft()
             if self._produced >= self._playing + self.depth:
                 self._wake.clear()
                 await self._wake.wait()

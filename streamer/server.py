@@ -72,7 +72,13 @@ def measure_capacity(store: AvatarStore, workers: int, renderer: Any) -> int:
 
 
 def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, SessionManager]:
+    from threadpoolctl import threadpool_limits
+
     from engines.model_store import default_cache_dir
+
+    # Parallelism comes from sessions on the worker threads. A BLAS pool inside every small
+    # per-frame matmul fights them: measured ~3× the server CPU per session without this.
+    threadpool_limits(limits=1, user_api="blas")
 
     root = home or default_cache_dir().parent
     store = AvatarStore(root / "server", size=config.size)
