@@ -8,7 +8,7 @@ STAMPS := .stamps
 APT_PACKAGES := espeak-ng sox chromium portaudio19-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages bench-browser bench-compare
+.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages bench-browser bench-compare bench-loopback bench-loopback-quick
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
@@ -63,7 +63,15 @@ clean:
 bench-stages: setup
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 0 $(PY) bench/stages.py
 
-bench: bench-stages
+# The streaming server end to end over loopback WebRTC (real server process + aiortc peers):
+# onset latency, session start, fps, A/V offset, interrupt, capacity. ~3–4 min; JSON in bench/results/.
+bench-loopback: setup
+	$(PY) bench/loopback.py
+
+bench-loopback-quick: setup
+	$(PY) bench/loopback.py --quick
+
+bench: bench-stages bench-loopback
 
 # Browser-side figures: click → first frame (median of 5) and 30 s of call mode from getStats().
 bench-browser: setup
@@ -73,3 +81,29 @@ bench-browser: setup
 bench-compare: setup
 	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make bench-compare A=<sha> B=<sha>"; exit 2; }
 	$(PY) bench/compare.py $(A) $(B)
+
+# --- learned generator (issue 3) ---
+# The recipe: corpus → teacher → distilled student → ONNX in models/ → evaluation report.
+# Needs torch (the export extra: torch==2.13.0 is the local CPU wheel; never loosen the pin).
+GEN := artifacts/generator
+.PHONY: data train distill export eval export-deps
+
+export-deps: setup
+	$(PY) -m pip install -q -e '.[export]'
+
+data: export-deps
+	$(PY) -m export.data.build --out $(GEN)/corpus
+
+# Two stages, as the committed model was made (the second continues the first at a lower lr).
+train: export-deps
+	$(PY) -m export.train --corpus $(GEN)/corpus --out $(GEN)/teacher_stage1.pt --max-minutes 18
+	$(PY) -m export.train --corpus $(GEN)/corpus --init $(GEN)/teacher_stage1.pt --lr 7e-4 --seed 1 --max-minutes 14 --out $(GEN)/teacher.pt
+
+distill: export-deps
+	$(PY) -m export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --pairs 8192 --max-minutes 7
+
+export: export-deps
+	$(PY) -m export.onnx_export --student $(GEN)/student.pt --out models
+
+eval: export-deps
+	$(PY) -m export.evaluate --corpus $(GEN)/corpus --teacher $(GEN)/teacher.pt --out bench/results

@@ -18,12 +18,13 @@ import numpy as np
 from engines.audio_io import SAMPLE_RATE, iter_audio, probe_duration
 from engines.avatar import DEFAULT_SIZE, AvatarPreparer
 from engines.baseline_driver import BaselineConfig, BaselineDriver
+from engines.driver import MotionDriver
 from engines.motion import clip_motion, emotion_offset
 from engines.renderer import Renderer
 from streamer.video_writer import Mp4Writer
 
 CHUNK_SECONDS = 1.0
-DRIVERS = ("baseline",)
+DRIVERS = ("baseline", "learned")  # learned = engines.motion_generator (docs/generator.md)
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,17 @@ def render_file(
     t0 = time.perf_counter()
     pack = (preparer or AvatarPreparer()).prepare(portrait, size=opts.size)
     renderer = Renderer(pack)
-    driver = BaselineDriver(BaselineConfig(seed=opts.seed))
-    offset = emotion_offset(opts.emotion, opts.intensity)
+    driver: MotionDriver
+    if opts.driver == "learned":  # the emotion is a model control, not an added offset
+        from engines.motion_generator import GeneratorRunner, MotionGenerator, control_vector
+
+        driver = MotionGenerator(GeneratorRunner(), seed=opts.seed,
+                                 controls=control_vector(emotion=opts.emotion,
+                                                         intensity=opts.intensity))
+        offset = np.zeros_like(emotion_offset("neutral"))
+    else:
+        driver = BaselineDriver(BaselineConfig(seed=opts.seed))
+        offset = emotion_offset(opts.emotion, opts.intensity)
     duration = probe_duration(audio)
     total = round(duration * opts.fps) if duration else None
     height, width = (pack.full.shape[:2] if opts.full_frame else (opts.size, opts.size))

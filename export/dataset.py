@@ -1,0 +1,71 @@
+"""Windows from the corpus, shaped exactly as the run-time feeds the model.
+
+A training example for a window starting at frame s of a clip: audio features of frames
+[s − A, s + W + L) (silence features outside the clip, as the run-time pads with silence),
+the K past label frames [s − K, s) (rest motion before the clip, as a new session starts at
+rest), the clip's controls and the W target frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.motion_generator import silence_features
+from export.config import GeneratorConfig
+
+
+class WindowSampler:
+    """Random training windows from ``train.npz`` (whole corpus held in memory, ~150 MB)."""
+
+    def __init__(self, corpus: Path | str, cfg: GeneratorConfig, split: str = "train") -> None:
+        d = np.load(Path(corpus) / f"{split}.npz")
+        self.cfg = cfg
+        feats = d["features"].astype(np.float32)
+        self.features = np.concatenate([feats, silence_features()[None]])  # last row: silence
+        self.silence_row = feats.shape[0]
+        self.labels = np.concatenate([d["labels"], np.zeros((1, d["labels"].shape[1]),
+                                                             np.float32)])  # last row: rest
+        self.rest_row = d["labels"].shape[0]
+        self.offsets = d["offsets"]
+        self.lengths = np.diff(self.offsets)
+        self.controls = d["controls"].astype(np.float32)
+        ok = self.lengths >= cfg.window
+        self.clip_p = np.where(ok, self.lengths - cfg.window + 1, 0).astype(np.float64)
+        self.clip_p /= self.clip_p.sum()
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        lab = self.labels[:-1]
+        return lab.mean(0), np.maximum(lab.std(0), 0.02)
+
+    def sample(self, batch: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        clip = rng.choice(self.clip_p.size, size=batch, p=self.clip_p)
+        start = (rng.uniform(size=batch) * (self.lengths[clip] - cfg.window + 1)).astype(int)
+        return self.gather(clip, start)
+
+    def gather(self, clip: np.ndarray, start: np.ndarray) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        off, n = self.offsets[clip][:, None], self.lengths[clip][:, None]
+        a = start[:, None] + np.arange(-cfg.audio_context, cfg.window + cfg.lookahead)[None]
+        a_idx = np.where((a >= 0) & (a < n), off + a, self.silence_row)
+        p = start[:, None] + np.arange(-cfg.cache, 0)[None]
+        p_idx = np.where(p >= 0, off + p, self.rest_row)
+        x_idx = off + start[:, None] + np.arange(cfg.window)[None]
+        mel = self.features[a_idx].reshape(len(clip), -1, cfg.n_mels)  # (B, 4T, N_MELS)
+        return {
+            "mel": torch.from_numpy(mel),
+            "past": torch.from_numpy(self.labels[p_idx]),  # (B, K, M)
+            "target": torch.from_numpy(self.labels[x_idx]),  # (B, W, M)
+            "controls": torch.from_numpy(self.controls[clip]),  # (B, C)
+        }
+
+
+def noisy_past(past: torch.Tensor, std: torch.Tensor, max_noise: float,
+               gen: torch.Generator) -> torch.Tensor:
+    """Cache augmentation against exposure bias: at run time the cache holds the model's own
+    (imperfect) frames, so training sees labels plus noise of a random size (normalised units)."""
+    scale = torch.rand(past.shape[0], 1, 1, generator=gen) * max_noise
+    return past + scale * std * torch.randn(past.shape, generator=gen)

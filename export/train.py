@@ -1,0 +1,138 @@
+"""``python -m export.train``: train the teacher (rectified-flow velocity field with CFG).
+
+Rectified flow (Liu et al. 2022, "Flow straight and fast"): x_t = (1 − t)·x0 + t·ε, the model
+regresses v = ε − x0 at t ~ logit-normal (Esser et al. 2024), and sampling integrates the ODE
+from t = 1 to 0 (Euler, ``teacher_steps`` steps). Audio is dropped (→ learned null) with
+probability ``cond_drop`` so the same network gives the unconditional branch for
+classifier-free guidance. Weights are averaged (EMA) for sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.config import TINY, GeneratorConfig
+from export.dataset import WindowSampler, noisy_past
+from export.model import MotionFlow
+
+EMA_DECAY = 0.998  # ~500-step average: runs here are a few thousand steps
+WARMUP_STEPS = 200
+
+
+def lr_at(step: int, total: int, peak: float, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak. Progress is the larger of the
+    step fraction and ``time_fraction`` (elapsed / time budget), so a run cut short by its
+    time budget on a busy machine still ends with a decayed learning rate."""
+    if step < WARMUP_STEPS:
+        return peak * (step + 1) / WARMUP_STEPS
+    u = max((step - WARMUP_STEPS) / max(1, total - WARMUP_STEPS), time_fraction)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, u))))
+
+
+def flow_loss(model: MotionFlow, batch: dict[str, torch.Tensor], gen: torch.Generator
+              ) -> torch.Tensor:
+    cfg = model.cfg
+    b = batch["target"].shape[0]
+    x0 = model.normalise(batch["target"])  # (B, W, M)
+    eps = torch.randn(x0.shape, generator=gen)
+    t = torch.sigmoid(torch.randn(b, generator=gen))  # logit-normal
+    xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+    past_n = noisy_past(model.normalise(batch["past"]), torch.ones(()), cfg.past_noise, gen)
+    audio_on = (torch.rand(b, generator=gen) >= cfg.cond_drop).float()
+    v = model.velocity(xt, t, past_n, model.encode(batch["mel"], audio_on), batch["controls"])
+    return torch.mean((v - (eps - x0)) ** 2)
+
+
+def save(path: Path, model: MotionFlow, extra: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict(), **extra}, path)
+
+
+def load(path: Path) -> MotionFlow:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = MotionFlow(GeneratorConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def train(corpus: Path, out: Path, cfg: GeneratorConfig, steps: int, batch: int, lr: float,
+          seed: int, log_every: int = 100, max_minutes: float = 0.0,
+          init: Path | None = None) -> dict:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    data = WindowSampler(corpus, cfg)
+    if init is not None:  # continue a previous run (its config wins)
+        model = load(init).train()
+        cfg = model.cfg
+        data = WindowSampler(corpus, cfg)
+    else:
+        model = MotionFlow(cfg)
+        mean, std = data.stats()
+        model.mean.copy_(torch.from_numpy(mean))
+        model.std.copy_(torch.from_numpy(std))
+    ema = copy.deepcopy(model).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    history, t0, running = [], time.perf_counter(), 0.0
+    budget = 60.0 * max_minutes
+    done = 0
+    for step in range(steps):
+        frac = (time.perf_counter() - t0) / budget if budget else 0.0
+        if frac >= 1.0:
+            break
+        done = step + 1
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, frac)
+        loss = flow_loss(model, data.sample(batch, rng), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(pm, 1 - EMA_DECAY if step > WARMUP_STEPS else 1.0)
+        running += loss.item()
+        if (step + 1) % log_every == 0:
+            history.append({"step": step + 1, "loss": running / log_every,
+                            "seconds": time.perf_counter() - t0})
+            print(json.dumps(history[-1]), flush=True)
+            running = 0.0
+    info = {"steps": done, "planned_steps": steps, "max_minutes": max_minutes, "batch": batch,
+            "lr": lr, "seed": seed, "init": str(init) if init else None,
+            "seconds": time.perf_counter() - t0, "history": history}
+    save(out, ema, {"train": info})
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", type=Path, default=Path("artifacts/generator/corpus"))
+    p.add_argument("--out", type=Path, default=Path("artifacts/generator/teacher.pt"))
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-minutes", type=float, default=14.0,
+                   help="time budget; 0 = none (the schedule follows the larger fraction)")
+    p.add_argument("--init", type=Path, default=None, help="continue from this checkpoint")
+    p.add_argument("--tiny", action="store_true", help="CI: the tiny config")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = TINY if args.tiny else GeneratorConfig()
+    info = train(args.corpus, args.out, cfg, args.steps, args.batch, args.lr, args.seed,
+                 max_minutes=args.max_minutes, init=args.init)
+    print(f"teacher saved to {args.out} after {info['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The recipe end to end on a tiny config (CI keeps the recipe honest): corpus → teacher →
+distilled student → ONNX with parity → the run-time streams it. Needs torch (``.[export]``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.media import have_espeak
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not have_espeak(), reason="espeak-ng not installed")]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    from export.config import TINY
+    from export.data.build import build
+    from export.distill import distill
+    from export.onnx_export import export
+    from export.train import train
+
+    root = tmp_path_factory.mktemp("recipe")
+    torch.set_num_threads(1)
+    build(root / "corpus", seed=0, scale=0.01, workers=1)
+    train(root / "corpus", root / "teacher.pt", TINY, steps=8, batch=16, lr=1e-3, seed=0,
+          log_every=4)
+    distill(root / "teacher.pt", root / "corpus", root / "student.pt", n_pairs=32, steps=4,
+            batch=8, lr=1e-4, seed=0)
+    export(root / "student.pt", root / "models")
+    return root
+
+
+def test_checkpoint_carries_frozen_config(built: Path) -> None:
+    from export.config import TINY, GeneratorConfig
+
+    ckpt = torch.load(built / "student.pt", weights_only=False)
+    assert GeneratorConfig.from_dict(ckpt["config"]) == TINY
+    assert ckpt["distill"]["steps"] == 4
+
+
+def test_onnx_metadata_manifest_and_parity(built: Path) -> None:
+    import onnx
+
+    manifest = json.loads((built / "models" / "motion_generator.json").read_text())
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
+    model = onnx.load(str(built / "models" / manifest["file"]))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["config"])["window"] == manifest["config"]["window"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_runtime_streams_the_exported_model(built: Path) -> None:
+    from engines.motion_generator import GeneratorRunner, MotionGenerator
+
+    runner = GeneratorRunner(built / "models" / "motion_generator.json")
+    audio = (0.05 * np.random.default_rng(0).standard_normal(9000)).astype(np.float32)
+    ref = MotionGenerator(runner, seed=1).drive(audio)
+    gen = MotionGenerator(runner, seed=1)
+    out = np.concatenate([gen.push(audio[:333]), gen.push(audio[333:]), gen.flush()])
+    assert np.array_equal(out, ref)
+
+
+def test_config_validation() -> None:
+    from export.config import GeneratorConfig
+
+    with pytest.raises(ValueError, match="window"):
+        GeneratorConfig(window=3, lookahead=2)
+    with pytest.raises(ValueError, match="teacher_steps"):
+        GeneratorConfig(teacher_steps=8)
+    with pytest.raises(ValueError, match="unknown"):
+        GeneratorConfig.from_dict({"bogus": 1})
