@@ -45,9 +45,13 @@ export async function del(path) {
   return parse(await fetch(path, { method: "DELETE", headers: headers() }));
 }
 
-export async function uploadAvatar(file) {
+// The caller has asked the user to confirm the right to use the likeness; the server refuses
+// uploads without consent=true and stores who (consentBy) and when with the avatar.
+export async function uploadAvatar(file, consentBy = "") {
   const form = new FormData();
   form.append("image", file);
+  form.append("consent", "true");
+  if (consentBy) form.append("consent_by", consentBy);
   return parse(await fetch("/v1/avatars", { method: "POST", headers: headers(), body: form }));
 }
 

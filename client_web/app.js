@@ -54,7 +54,7 @@ async function upload(file) {
   }
   setState("Preparing the portrait…");
   try {
-    const rec = await api.uploadAvatar(file);
+    const rec = await api.uploadAvatar(file, $("consent-by").value.trim());
     await loadAvatars(rec.id);
     setState(rec.warnings && rec.warnings.length ? rec.warnings.join("; ") : "Portrait ready.");
   } catch (err) {
@@ -143,6 +143,7 @@ async function begin(mode) {
     const offer = await makeOffer(pc);
     state.clickedAt = performance.now();
     const res = await api.post("/v1/sessions", { avatar: state.avatar, mode, offer,
+                                                 label: $("show-label").checked,
                                                  video: { fps: 25, size: 512, codec: $("codec").value } });
     state.session = res.id;
     await pc.setRemoteDescription(res.answer);
@@ -251,7 +252,6 @@ function init() {
   for (const id of ["emotion", "intensity", "gaze-x", "gaze-y", "distance"]) {
     $(id).addEventListener("input", sendControls);
   }
-  $("show-label").addEventListener("change", () => { $("label").hidden = !$("show-label").checked; });
   $("show-stats").addEventListener("change", () => { $("stats").hidden = !$("show-stats").checked; });
   $("stats").hidden = !$("show-stats").checked;
   $("video").addEventListener("click", () => $("video").play());

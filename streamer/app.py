@@ -15,7 +15,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, File, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import (
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    Request,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
@@ -26,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engines.audio_io import pcm16_to_float
 from engines.errors import AvatarInputError
+from streamer.avatars import CONSENT_STATEMENT, ConsentRecord
 from streamer.errors import ApiError, TooLarge, Unauthorized
 from streamer.messages import ClientMessage, parse_client_message
 from streamer.sessions import SessionManager, VideoOptions
@@ -35,6 +45,8 @@ log = logging.getLogger(__name__)
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
 MAX_WS_BINARY = 64 * 1024  # bytes per PCM message (2 s of 16 kHz s16)
 MAX_SPEAK_CHARS = 2000
+MAX_VERIFY_BYTES = 200 * 2**20  # a few seconds of even a 4K clip; verify reads ≤ 6 s of it
+CONSENT_YES = frozenset({"true", "yes", "1", "on"})
 
 
 class SessionDescription(BaseModel):
@@ -53,6 +65,8 @@ class SessionRequest(BaseModel):
     offer: SessionDescription | None = None
     mode: Literal["mirror", "broadcast"] = "mirror"
     video: VideoSpec = Field(default_factory=VideoSpec)
+    # Visible "AI-generated" label; honoured when the operator's policy is "client".
+    label: bool | None = None
 
 
 class ViewerRequest(BaseModel):
@@ -138,8 +152,20 @@ def create_app(manager: SessionManager, token: str | None = None,
 
     # ------------------------------------------------------------------ avatars
     @app.post("/v1/avatars", status_code=201, dependencies=auth, tags=["avatars"])
-    async def create_avatar(request: Request,
-                            image: Annotated[UploadFile, File()]) -> dict[str, Any]:
+    async def create_avatar(
+        request: Request, image: Annotated[UploadFile, File()],
+        consent: Annotated[str | None, Form(description=CONSENT_STATEMENT)] = None,
+        consent_by: Annotated[str | None, Form(max_length=200)] = None,
+    ) -> dict[str, Any]:
+        """Upload a portrait. ``consent`` must be true: the uploader asserts the right to use
+        the likeness; who (``consent_by``, the client address) and when are stored with it."""
+        if (consent or "").strip().lower() not in CONSENT_YES:
+            raise ApiError("uploading a portrait needs consent=true: confirm that you have the "
+                           f"right to use this likeness ({CONSENT_STATEMENT})",
+                           code="consent_required")
+        record_consent = ConsentRecord.now(
+            by=(consent_by or "").strip() or "unnamed uploader",
+            address=request.client.host if request.client else "unknown")
         length = int(request.headers.get("content-length") or 0)
         if length > max_upload + 64 * 1024:
             raise TooLarge(f"upload is {length / 2**20:.1f} MiB; the limit is "
@@ -147,7 +173,7 @@ def create_app(manager: SessionManager, token: str | None = None,
         data = await image.read(max_upload + 1)
         if len(data) > max_upload:
             raise TooLarge(f"upload exceeds {max_upload // 2**20} MiB", code="image_too_large")
-        record = await manager.avatars.create(data)
+        record = await manager.avatars.create(data, consent=record_consent)
         return record.public()
 
     @app.get("/v1/avatars", dependencies=auth, tags=["avatars"])
@@ -179,8 +205,9 @@ def create_app(manager: SessionManager, token: str | None = None,
         session, answer = await manager.create(
             body.avatar, body.mode, VideoOptions(body.video.fps, body.video.size,
                                                  body.video.codec),
-            body.offer.model_dump() if body.offer else None)
-        out: dict[str, Any] = {"id": session.id, "mode": session.mode, "avatar": session.avatar}
+            body.offer.model_dump() if body.offer else None, label=body.label)
+        out: dict[str, Any] = {"id": session.id, "mode": session.mode, "avatar": session.avatar,
+                               "provenance": session.provenance()}
         if answer is not None:
             out["answer"] = answer
         return out
@@ -255,6 +282,30 @@ def create_app(manager: SessionManager, token: str | None = None,
             pump_task.cancel()
             with contextlib.suppress(BaseException):
                 await pump_task
+
+    # ------------------------------------------------------------------ provenance
+    verify_slot = asyncio.Semaphore(1)  # ~1–2 s of CPU each: one at a time, sessions first
+
+    @app.post("/v1/verify", dependencies=auth, tags=["provenance"])
+    async def verify(request: Request, file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        """Is this video or image marked by Vivify? Same answer as ``vivify verify --json``."""
+        from streamer.verify import VerifyInputError, verify_file
+
+        length = int(request.headers.get("content-length") or 0)
+        if length > MAX_VERIFY_BYTES + 64 * 1024:
+            raise TooLarge(f"upload is {length / 2**20:.1f} MiB; the limit is "
+                           f"{MAX_VERIFY_BYTES // 2**20} MiB", code="file_too_large")
+        if file.size is not None and file.size > MAX_VERIFY_BYTES:
+            raise TooLarge(f"upload exceeds {MAX_VERIFY_BYTES // 2**20} MiB",
+                           code="file_too_large")
+        async with verify_slot:
+            try:
+                result = await asyncio.to_thread(verify_file, file.file)
+            except VerifyInputError as exc:
+                raise ApiError(str(exc), code="unreadable_media", status=422) from exc
+        out: dict[str, Any] = json.loads(result.to_json())
+        out["file"] = file.filename or "upload"
+        return out
 
     if CLIENT_DIR.is_dir():
         app.mount("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client")

@@ -26,6 +26,30 @@ from streamer.errors import Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
+CONSENT_STATEMENT = ("I have the right to use this person's likeness: it is me, or I have their "
+                     "permission, or the image is in the public domain or licensed for this use")
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """The uploader's assertion, kept with the avatar for as long as the avatar exists."""
+
+    statement: str
+    by: str  # the name the uploader gave
+    address: str  # the client address the upload came from
+    at: str  # ISO 8601, UTC
+
+    @classmethod
+    def now(cls, by: str, address: str) -> ConsentRecord:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return cls(statement=CONSENT_STATEMENT, by=by, address=address, at=stamp)
+
+
+DEFAULT_AVATAR_CONSENT = ConsentRecord(
+    statement="public domain: NASA photograph of astronaut Eileen Collins, shipped with "
+              "scikit-image as skimage.data.astronaut()",
+    by="vivify (built-in default avatar)", address="local", at="1998-01-01T00:00:00Z")
+
 
 @dataclass
 class AvatarRecord:
@@ -36,6 +60,7 @@ class AvatarRecord:
     height: int
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    consent: dict[str, str] | None = None  # ConsentRecord as a dict; None only in old records
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,19 +97,24 @@ class AvatarStore:
     async def ensure_default(self) -> None:
         if DEFAULT_AVATAR_ID not in self._records:
             pack = await asyncio.to_thread(self._prepare, default_portrait_path())
-            self._records[DEFAULT_AVATAR_ID] = self._record(DEFAULT_AVATAR_ID, pack)
+            self._records[DEFAULT_AVATAR_ID] = self._record(DEFAULT_AVATAR_ID, pack,
+                                                            DEFAULT_AVATAR_CONSENT)
 
-    def _record(self, avatar_id: str, pack: AvatarPack) -> AvatarRecord:
+    def _record(self, avatar_id: str, pack: AvatarPack, consent: ConsentRecord) -> AvatarRecord:
         w, h = pack.meta.get("source_size", [0, 0])
         return AvatarRecord(id=avatar_id, created=time.time(), image_sha256=pack.image_sha256,
                             width=int(w), height=int(h), warnings=list(pack.meta.get(
-                                "warnings", [])), meta={"face_score": pack.meta.get("face_score")})
+                                "warnings", [])), meta={"face_score": pack.meta.get("face_score")},
+                            consent=asdict(consent))
 
-    async def create(self, data: bytes) -> AvatarRecord:
-        """Prepare an uploaded portrait (raises ``AvatarInputError`` on bad input)."""
+    async def create(self, data: bytes, consent: ConsentRecord) -> AvatarRecord:
+        """Prepare an uploaded portrait (raises ``AvatarInputError`` on bad input).
+
+        ``consent`` is required: no avatar exists without the uploader's assertion on record.
+        """
         pack = await asyncio.to_thread(self._prepare, data)
         avatar_id = hashlib.sha256(data).hexdigest()[:16]
-        record = self._record(avatar_id, pack)
+        record = self._record(avatar_id, pack, consent)
         tmp = self.uploads / f".{avatar_id}.{os.getpid()}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self._image_path(avatar_id))

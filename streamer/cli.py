@@ -19,6 +19,7 @@ from pathlib import Path
 from engines.default_avatar import default_portrait_path, resolve_portrait
 from engines.errors import AvatarInputError
 from streamer.talk import add_talk_parser
+from streamer.verify import add_verify_parser
 
 DEMO_SENTENCE = (
     "Hello! I am a portrait brought to life by Vivify. "
@@ -33,7 +34,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     opts = RenderOptions(fps=args.fps, size=args.size, full_frame=args.full_frame,
                          driver=args.driver, emotion=args.emotion, intensity=args.intensity,
-                         seed=args.seed)
+                         seed=args.seed, label=args.label)
     bar = tqdm(unit="frame", disable=args.quiet or (not sys.stderr.isatty() and not args.progress))
 
     def progress(done: int, total: int | None) -> None:
@@ -49,6 +50,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     print(f"wrote {report.output} ({report.width}×{report.height}, {report.frames} frames, "
           f"{report.audio_seconds:.1f} s of audio) in {report.wall_seconds:.1f} s = "
           f"{report.realtime_factor:.2f}× real time")
+    print(f"every frame carries the invisible mark of session {report.watermark_session} "
+          f"(check: vivify verify {report.output})")
     return 0
 
 
@@ -97,7 +100,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         cors_origins=tuple(args.cors) if args.cors else None,
-        max_sessions=args.max_sessions, workers=args.workers)
+        max_sessions=args.max_sessions, workers=args.workers,
+        disclosure_label=args.label, label_text=args.label_text)
     return serve(config)
 
 
@@ -117,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="neutral, happy, sad, surprised or angry")
         p.add_argument("--intensity", type=float, default=1.0, help="emotion intensity 0..1")
         p.add_argument("--seed", type=int, default=0, help="seed for blinks and head motion")
+        p.add_argument("--label", nargs="?", const="AI-generated", default=None, metavar="TEXT",
+                       help="draw a visible disclosure label (default text: AI-generated); "
+                            "the invisible watermark is always there")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--progress", action="store_true", help="progress bar even when piped")
 
@@ -147,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sessions", type=int, default=None,
                    help="admission limit; 0 measures it at start (VIVIFY_MAX_SESSIONS)")
     p.add_argument("--workers", type=int, default=None, help="inference threads (cores)")
+    p.add_argument("--label", choices=("client", "always", "never"), default=None,
+                   help="visible AI-generated label on streams: each session decides (client, "
+                        "the default; on unless a session asks otherwise), always, or never "
+                        "(VIVIFY_LABEL). The invisible watermark is always on")
+    p.add_argument("--label-text", default=None, help="label text (VIVIFY_LABEL_TEXT)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="render a demo clip of the default avatar")
@@ -155,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     add_talk_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 

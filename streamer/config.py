@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engines.disclosure import DisclosureConfig
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"VIVIFY_{name}", default)
@@ -27,6 +29,11 @@ class ServerConfig:
     fps: int = 25
     size: int = 512
     playout_depth_frames: int = 3  # frames generated ahead of playback: the jitter buffer
+    # Visible "AI-generated" label on streamed frames: "client" = each session request decides
+    # (the browser client asks for it by default), "always", or "never". The invisible
+    # watermark is on every frame whatever this says.
+    disclosure_label: str = "client"
+    label_text: str = "AI-generated"
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
@@ -38,6 +45,10 @@ class ServerConfig:
             raise ValueError("fps: only 25 is supported (the motion contract runs at 25 fps)")
         if self.size % 16 or not 128 <= self.size <= 1024:
             raise ValueError(f"size must be a multiple of 16 within 128..1024, got {self.size}")
+        if self.disclosure_label not in ("client", "always", "never"):
+            raise ValueError("disclosure_label must be client, always or never, "
+                             f"got {self.disclosure_label!r}")
+        DisclosureConfig(text=self.label_text)  # ValueError on empty, long or multi-line text
         if not 1 <= self.playout_depth_frames <= 25:
             raise ValueError("playout_depth_frames must be within 1..25")
 
@@ -50,6 +61,8 @@ class ServerConfig:
             "token": os.environ.get("VIVIFY_TOKEN") or None,
             "cors_origins": tuple(o for o in _env("CORS_ORIGINS", "").split(",") if o),
             "max_sessions": int(_env("MAX_SESSIONS", "0")),
+            "disclosure_label": _env("LABEL", cls.disclosure_label),
+            "label_text": _env("LABEL_TEXT", cls.label_text),
         }
         if os.environ.get("VIVIFY_TLS_CERT"):
             values["tls_cert"] = Path(os.environ["VIVIFY_TLS_CERT"])

@@ -29,6 +29,7 @@ import numpy as np
 from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from engines.driver import MotionDriver
 from engines.motion import INDEX, MOTION_DIM, clip_motion, emotion_offset
+from engines.provenance import ProvenanceStamp
 from engines.renderer import Renderer
 from streamer.clock import Clock
 from streamer.scheduler import InferenceScheduler
@@ -120,8 +121,10 @@ class SessionMedia:
 
     def __init__(self, renderer: Renderer, driver: MotionDriver, scheduler: InferenceScheduler,
                  clock: Clock, depth: int = 3, live: bool = True,
-                 on_event: Events | None = None, max_buffer_seconds: float = 120.0) -> None:
+                 on_event: Events | None = None, max_buffer_seconds: float = 120.0,
+                 stamp: ProvenanceStamp | None = None) -> None:
         self.renderer = renderer
+        self.stamp = stamp  # watermark (+ label): applied to every frame this session shows
         self.driver = driver
         self.scheduler = scheduler
         self.clock = clock
@@ -142,7 +145,7 @@ class SessionMedia:
         self._subscribers: set[Subscriber] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_image = renderer.pack.crop
+        self._last_image = stamp.apply(renderer.pack.crop) if stamp else renderer.pack.crop
         self._segment_open = False
         self._segment_played = 0  # live samples played in the current segment
         self._segment_ended = False
@@ -267,8 +270,11 @@ class SessionMedia:
         Only the driver and renderer are touched here; all bookkeeping stays on the loop, and
         the producer never has two steps of one session in flight.
         """
-        return [self.renderer.render(clip_motion(m + offset)).image
-                for m in self.driver.push(block)]
+        images = [self.renderer.render(clip_motion(m + offset)).image
+                  for m in self.driver.push(block)]
+        if self.stamp is not None:
+            images = [self.stamp.apply(im, inplace=True) for im in images]
+        return images
 
     async def _produce(self) -> None:
         silence = np.zeros(SAMPLES_PER_FRAME, np.float32)

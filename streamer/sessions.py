@@ -24,7 +24,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engines.audio_io import SAMPLE_RATE
 from engines.baseline_driver import BaselineConfig, BaselineDriver
+from engines.disclosure import DisclosureConfig
 from engines.driver import MotionDriver
+from engines.provenance import ProvenanceStamp
 from streamer.avatars import AvatarStore
 from streamer.clock import Clock
 from streamer.config import ServerConfig
@@ -81,8 +83,8 @@ async def _answer(pc: RTCPeerConnection, offer: dict[str, str], video: AvatarVid
 
 class Session:
     def __init__(self, manager: SessionManager, avatar: str, mode: Mode, video: VideoOptions,
-                 media: SessionMedia) -> None:
-        self.id = uuid.uuid4().hex
+                 media: SessionMedia, session_id: str | None = None) -> None:
+        self.id = session_id or uuid.uuid4().hex
         self.manager = manager
         self.avatar = avatar
         self.mode = mode
@@ -190,7 +192,15 @@ class Session:
             "created": self.created, "viewers": len(self.viewers),
             "connection": self.pc.connectionState if self.pc else None,
             "websockets": len(self.sockets), "media": self.media.stats.as_dict(),
+            "provenance": self.provenance(),
         }
+
+    def provenance(self) -> dict[str, Any]:
+        """What marks this session's frames: the watermark's session hash and any label."""
+        stamp = self.media.stamp
+        if stamp is None:
+            return {"watermark": None, "label": None}
+        return {"watermark": stamp.info.session_hash, "label": stamp.info.label}
 
     @property
     def closed(self) -> bool:
@@ -233,8 +243,16 @@ class SessionManager:
         self.driver_factory = driver_factory or (lambda: BaselineDriver(BaselineConfig()))
         self.created_total = 0
 
+    def wants_label(self, requested: bool | None) -> bool:
+        """The operator's label policy decides; under ``client`` the request does (default on)."""
+        policy = self.config.disclosure_label
+        if policy == "client":
+            return True if requested is None else requested
+        return policy == "always"
+
     async def create(self, avatar: str, mode: Mode, video: VideoOptions,
-                     offer: dict[str, str] | None) -> tuple[Session, dict[str, str] | None]:
+                     offer: dict[str, str] | None, label: bool | None = None,
+                     ) -> tuple[Session, dict[str, str] | None]:
         if len(self.sessions) >= self.capacity:
             raise Full(f"the server is running its maximum of {self.capacity} sessions",
                        headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -242,11 +260,14 @@ class SessionManager:
             raise ApiError("mirror mode needs an SDP offer", code="offer_required")
         renderer = await self.avatars.renderer(avatar)
         holder: dict[str, Session] = {}
+        session_id = uuid.uuid4().hex
+        stamp = ProvenanceStamp(session_id, DisclosureConfig(text=self.config.label_text)
+                                if self.wants_label(label) else None)
         media = SessionMedia(renderer, self.driver_factory(), self.scheduler, self.clock,
                              depth=self.config.playout_depth_frames, live=(mode == "mirror"),
                              on_event=lambda e: holder["s"].emit(e),
-                             max_buffer_seconds=self.config.max_ws_buffer_seconds)
-        session = Session(self, avatar, mode, video, media)
+                             max_buffer_seconds=self.config.max_ws_buffer_seconds, stamp=stamp)
+        session = Session(self, avatar, mode, video, media, session_id)
         holder["s"] = session
         self.sessions[session.id] = session
         self.created_total += 1

@@ -207,7 +207,7 @@ def add_verify_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m streamer.verify FILE``) until the CLI wires it in."""
+    """Standalone entry: ``python -m streamer.verify FILE`` works without the rest of the CLI."""
     parser = argparse.ArgumentParser(prog="vivify")
     add_verify_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["verify", *(sys.argv[1:] if argv is None else argv)])

@@ -14,6 +14,7 @@ from media import espeak_wav
 from engines import face_topology as ft
 from engines.audio_io import load_audio
 from streamer.offline import RenderOptions, render_file
+from streamer.verify import verify_file
 
 pytestmark = pytest.mark.slow
 SENTENCE = "Peter bought a bottle of milk, and then he sang a song about the sea."
@@ -42,6 +43,9 @@ def test_golden_render_of_a_spoken_sentence(speech: Path, preparer, pack, tmp_pa
     assert frames[0].shape == (512, 512, 3)
     assert abs(audio_seconds - duration) < 0.15
     assert "AI-generated" in meta.get("comment", "")
+    assert meta.get("ai_generated") == "true" and report.watermark_session in meta["watermark"]
+    found = verify_file(out)  # every frame carries the invisible mark, through H.264
+    assert found.marked and found.session == report.watermark_session
     # The mouth moves while the sentence plays, and far more than the background does.
     lm = pack.landmarks
     box = lm[list(ft.LIPS_UPPER_OUTER + ft.LIPS_LOWER_OUTER), :2]

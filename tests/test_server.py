@@ -23,6 +23,7 @@ from aiortc.contrib.media import MediaPlayer
 from media import espeak_wav
 
 from engines.audio_io import float_to_pcm16, load_audio
+from engines.watermark import detect_frames
 from streamer.config import ServerConfig
 from streamer.server import build
 
@@ -147,19 +148,31 @@ def test_auth_required_and_refused(server: LiveServer) -> None:
 def test_avatar_upload_errors_and_lifecycle(server: LiveServer, astronaut: np.ndarray) -> None:
     from conftest import png_bytes
 
+    yes = {"consent": "true", "consent_by": "Test Uploader"}
+    portrait = png_bytes(astronaut[:, ::-1].copy())
     with api(server) as c:
-        r = c.post("/v1/avatars", files={"image": ("notes.txt", b"hello", "text/plain")})
+        r = c.post("/v1/avatars", files={"image": ("a.png", portrait, "image/png")})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "consent_required"
+        r = c.post("/v1/avatars", data={"consent": "no"},
+                   files={"image": ("a.png", portrait, "image/png")})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "consent_required"
+        r = c.post("/v1/avatars", data=yes,
+                   files={"image": ("notes.txt", b"hello", "text/plain")})
         assert r.status_code == 422 and r.json()["error"]["code"] == "not_an_image"
-        r = c.post("/v1/avatars", files={"image": ("big.png", b"\x89PNG" + bytes(3 * 2**20),
-                                                   "image/png")})
+        r = c.post("/v1/avatars", data=yes,
+                   files={"image": ("big.png", b"\x89PNG" + bytes(3 * 2**20), "image/png")})
         assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
         gradient = np.tile(np.linspace(0, 255, 256, dtype=np.uint8)[None, :, None], (256, 1, 3))
-        r = c.post("/v1/avatars", files={"image": ("g.png", png_bytes(gradient), "image/png")})
+        r = c.post("/v1/avatars", data=yes,
+                   files={"image": ("g.png", png_bytes(gradient), "image/png")})
         assert r.status_code == 422 and r.json()["error"]["code"] == "no_face"
-        r = c.post("/v1/avatars", files={"image": ("a.png", png_bytes(astronaut[:, ::-1].copy()),
-                                                   "image/png")})
+        r = c.post("/v1/avatars", data=yes, files={"image": ("a.png", portrait, "image/png")})
         assert r.status_code == 201, r.text
         avatar = r.json()["id"]
+        consent = c.get(f"/v1/avatars/{avatar}").json()["consent"]
+        assert consent["by"] == "Test Uploader" and consent["address"] == "127.0.0.1"
+        assert consent["at"].endswith("Z") and "right to use" in consent["statement"]
+        assert c.get("/v1/avatars/default").json()["consent"]["statement"].startswith("public")
         assert c.get(f"/v1/avatars/{avatar}").status_code == 200
         assert c.delete(f"/v1/avatars/{avatar}").status_code == 204
         assert c.get(f"/v1/avatars/{avatar}").status_code == 404
@@ -199,6 +212,11 @@ def test_mirror_call_returns_lip_synced_video_and_audio(server: LiveServer, spee
     assert 20.0 <= fps <= 30.0, fps
     activity = _mouth_activity(frames)
     assert activity.max() > 3.0  # the mouth moved while the speech played
+    # Every streamed frame is watermarked with this session's hash, through VP8 and back.
+    found = detect_frames(frames[:75])
+    assert found.present and found.payload is not None
+    assert found.payload.session_hex == got["stats"]["provenance"]["watermark"]
+    assert got["stats"]["provenance"]["label"] == "AI-generated"  # on unless asked otherwise
     audio = np.concatenate(got["audio"]).astype(np.float32)
     assert np.abs(audio).max() > 1000  # the same speech came back
     assert got["stats"]["media"]["live_slots"] > 25
@@ -398,3 +416,30 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
             out = proc.communicate()[0]
     assert proc.returncode == 0, out
     assert "closing: server shutting down" in out
+
+
+def test_verify_endpoint_and_label_choice(server: LiveServer, astronaut: np.ndarray) -> None:
+    """``POST /v1/verify`` answers like ``vivify verify``; ``label`` picks the visible label."""
+    from conftest import png_bytes
+
+    from engines.watermark import Watermarker, session_payload
+
+    crop = np.ascontiguousarray(astronaut[:512, :512])
+    marked = Watermarker(session_payload("api-verify")).apply(crop)
+    with api(server) as c:
+        r = c.post("/v1/verify", files={"file": ("m.png", png_bytes(marked), "image/png")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["marked"] is True and body["file"] == "m.png"
+        assert body["session"] == session_payload("api-verify").session_hex
+        r = c.post("/v1/verify", files={"file": ("p.png", png_bytes(crop), "image/png")})
+        assert r.status_code == 200 and r.json()["marked"] is False
+        r = c.post("/v1/verify", files={"file": ("x.mp4", b"\x00garbage" * 100, "video/mp4")})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "unreadable_media"
+        r = c.post("/v1/sessions", json={"mode": "broadcast", "label": False})
+        assert r.status_code == 201
+        assert r.json()["provenance"]["label"] is None and r.json()["provenance"]["watermark"]
+        assert c.delete(f"/v1/sessions/{r.json()['id']}").status_code == 204
+    with httpx.Client(base_url=server.url, timeout=10) as c:  # no token: refused like the rest
+        assert c.post("/v1/verify", files={"file": ("m.png", b"x", "image/png")}
+                      ).status_code == 401
