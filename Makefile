@@ -47,7 +47,9 @@ run: setup
 demo: setup
 	$(PY) -m streamer.cli demo -o out/demo.mp4 --progress
 
-test: setup
+# The tests also need the export side (torch CPU wheel, onnx, scipy): CI trains a tiny generator
+# config for a few steps and checks the ONNX export, so the recipe stays honest.
+test: setup $(STAMPS)/export
 	$(PY) -m pytest -q
 
 lint: $(STAMPS)/venv
@@ -88,8 +90,11 @@ bench-compare: setup
 GEN := artifacts/generator
 .PHONY: data train distill export eval export-deps
 
-export-deps: setup
-	$(PY) -m pip install -q -e '.[export]'
+export-deps: setup $(STAMPS)/export
+
+$(STAMPS)/export: $(STAMPS)/venv
+	$(PY) -m pip install -q -e '.[dev,talk,export]'
+	@touch $@
 
 data: export-deps
 	$(PY) -m export.data.build --out $(GEN)/corpus

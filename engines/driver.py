@@ -11,7 +11,7 @@ driver for the learned generator changes nothing around them.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,3 +36,21 @@ class MotionDriver(Protocol):
     def latency_samples(self) -> int:
         """Audio samples a frame waits for beyond its own 40 ms (the algorithmic lookahead)."""
         ...
+
+
+@runtime_checkable
+class BatchableDriver(MotionDriver, Protocol):
+    """A driver whose model calls a scheduler may batch across sessions (the learned one).
+
+    ``add_audio`` queues audio without running the model; ``ready_request`` returns the next
+    window's model inputs (or None) without advancing; ``accept`` takes the model's output for
+    that window and returns the frames it shows. ``controls`` is the model's control input.
+    """
+
+    controls: np.ndarray
+
+    def add_audio(self, chunk: np.ndarray) -> None: ...
+
+    def ready_request(self) -> Any: ...
+
+    def accept(self, window: np.ndarray) -> np.ndarray: ...

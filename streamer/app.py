@@ -102,6 +102,12 @@ def create_app(manager: SessionManager, token: str | None = None,
     g_busy = Gauge("vivify_scheduler_busy_seconds", "worker time spent", registry=registry)
     g_created = Gauge("vivify_sessions_created", "sessions created since start",
                       registry=registry)
+    g_batch_calls = Gauge("vivify_generator_calls", "batched generator engine calls",
+                          registry=registry)
+    g_batch_windows = Gauge("vivify_generator_windows", "windows generated in those calls",
+                            registry=registry)
+    g_batch_largest = Gauge("vivify_generator_batch_largest", "largest batch so far",
+                            registry=registry)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -135,7 +141,9 @@ def create_app(manager: SessionManager, token: str | None = None,
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "sessions": len(manager.sessions), "capacity": manager.capacity}
+        return {"status": "ok", "sessions": len(manager.sessions), "capacity": manager.capacity,
+                "driver": manager.config.driver,
+                "batching": manager.batcher.stats.as_dict() if manager.batcher else None}
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
@@ -148,6 +156,10 @@ def create_app(manager: SessionManager, token: str | None = None,
         g_queue.set(manager.scheduler.queued)
         g_busy.set(manager.scheduler.busy_seconds)
         g_created.set(manager.created_total)
+        if manager.batcher is not None:
+            g_batch_calls.set(manager.batcher.stats.calls)
+            g_batch_windows.set(manager.batcher.stats.windows)
+            g_batch_largest.set(manager.batcher.stats.largest)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ avatars

@@ -101,7 +101,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         cors_origins=tuple(args.cors) if args.cors else None,
         max_sessions=args.max_sessions, workers=args.workers,
-        disclosure_label=args.label, label_text=args.label_text)
+        disclosure_label=args.label, label_text=args.label_text, driver=args.driver)
     return serve(config)
 
 
@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the default; on unless a session asks otherwise), always, or never "
                         "(VIVIFY_LABEL). The invisible watermark is always on")
     p.add_argument("--label-text", default=None, help="label text (VIVIFY_LABEL_TEXT)")
+    p.add_argument("--driver", choices=("baseline", "learned"), default=None,
+                   help="motion driver (VIVIFY_DRIVER, baseline); learned = the ONNX generator, "
+                        "its windows batched across sessions")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="render a demo clip of the default avatar")

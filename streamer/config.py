@@ -34,6 +34,8 @@ class ServerConfig:
     # watermark is on every frame whatever this says.
     disclosure_label: str = "client"
     label_text: str = "AI-generated"
+    driver: str = "baseline"  # motion driver: baseline, or learned (batched across sessions)
+    max_batch: int = 32  # learned driver: windows per engine call at most
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
@@ -45,6 +47,10 @@ class ServerConfig:
             raise ValueError("fps: only 25 is supported (the motion contract runs at 25 fps)")
         if self.size % 16 or not 128 <= self.size <= 1024:
             raise ValueError(f"size must be a multiple of 16 within 128..1024, got {self.size}")
+        if self.driver not in ("baseline", "learned"):
+            raise ValueError(f"driver must be baseline or learned, got {self.driver!r}")
+        if not 1 <= self.max_batch <= 256:
+            raise ValueError(f"max_batch must be within 1..256, got {self.max_batch}")
         if self.disclosure_label not in ("client", "always", "never"):
             raise ValueError("disclosure_label must be client, always or never, "
                              f"got {self.disclosure_label!r}")
@@ -62,6 +68,7 @@ class ServerConfig:
             "cors_origins": tuple(o for o in _env("CORS_ORIGINS", "").split(",") if o),
             "max_sessions": int(_env("MAX_SESSIONS", "0")),
             "disclosure_label": _env("LABEL", cls.disclosure_label),
+            "driver": _env("DRIVER", cls.driver),
             "label_text": _env("LABEL_TEXT", cls.label_text),
         }
         if os.environ.get("VIVIFY_TLS_CERT"):

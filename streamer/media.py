@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
-from engines.driver import MotionDriver
+from engines.driver import BatchableDriver, MotionDriver
 from engines.motion import INDEX, MOTION_DIM, clip_motion, emotion_offset
 from engines.provenance import ProvenanceStamp
 from engines.renderer import Renderer
+from streamer.batcher import WindowBatcher
 from streamer.clock import Clock
 from streamer.scheduler import InferenceScheduler
 
@@ -122,9 +123,13 @@ class SessionMedia:
     def __init__(self, renderer: Renderer, driver: MotionDriver, scheduler: InferenceScheduler,
                  clock: Clock, depth: int = 3, live: bool = True,
                  on_event: Events | None = None, max_buffer_seconds: float = 120.0,
-                 stamp: ProvenanceStamp | None = None) -> None:
+                 stamp: ProvenanceStamp | None = None,
+                 batcher: WindowBatcher | None = None) -> None:
         self.renderer = renderer
         self.stamp = stamp  # watermark (+ label): applied to every frame this session shows
+        # The learned generator's windows go through the shared batcher (one engine call for
+        # all sessions); any other driver runs inside this session's worker step.
+        self.batcher = batcher if isinstance(driver, BatchableDriver) else None
         self.driver = driver
         self.scheduler = scheduler
         self.clock = clock
@@ -270,11 +275,44 @@ class SessionMedia:
         Only the driver and renderer are touched here; all bookkeeping stays on the loop, and
         the producer never has two steps of one session in flight.
         """
-        images = [self.renderer.render(clip_motion(m + offset)).image
-                  for m in self.driver.push(block)]
+        return self._render(self.driver.push(block), offset)
+
+    def _render(self, motions: np.ndarray, offset: np.ndarray) -> list[np.ndarray]:
+        """Worker thread: motion frames → stamped images."""
+        images = [self.renderer.render(clip_motion(m + offset)).image for m in motions]
         if self.stamp is not None:
             images = [self.stamp.apply(im, inplace=True) for im in images]
         return images
+
+    async def _advance(self, block: np.ndarray) -> list[np.ndarray]:
+        """One 40 ms block through the driver and the renderer (off the loop)."""
+        offset = self._control_inputs()
+        if self.batcher is None:
+            return list(await self.scheduler.run(functools.partial(self._step, block, offset)))
+        driver = self.driver
+        assert isinstance(driver, BatchableDriver)
+        driver.add_audio(block)
+        motions = []
+        while (request := driver.ready_request()) is not None:
+            motions.append(driver.accept(await self.batcher.infer(request)))
+        if not motions:
+            return []
+        return list(await self.scheduler.run(
+            functools.partial(self._render, np.concatenate(motions), offset)))
+
+    def _control_inputs(self) -> np.ndarray:
+        """The offset added to the driver's motion. A model that takes the controls as input
+        (the learned generator) gets them there instead, and the offset is zero."""
+        if isinstance(self.driver, BatchableDriver):
+            from engines.motion_generator import control_vector
+
+            c = self.controls
+            gaze = (float(np.clip(c.gaze[0], -1, 1)), float(np.clip(c.gaze[1], -1, 1))
+                    ) if c.gaze else (0.0, 0.0)
+            self.driver.controls = control_vector(gaze, float(np.clip(c.distance, -1, 1)),
+                                                  c.emotion, c.intensity)
+            return np.zeros(MOTION_DIM, np.float32)
+        return self.controls.offset()
 
     async def _produce(self) -> None:
         silence = np.zeros(SAMPLES_PER_FRAME, np.float32)
@@ -307,8 +345,7 @@ class SessionMedia:
                 await self._wake.wait()
                 continue
             self._pending.append((block, live, arrived))
-            images = await self.scheduler.run(
-                functools.partial(self._step, block, self.controls.offset()))
+            images = await self._advance(block)
             if epoch != self._epoch:
                 continue  # an interrupt happened meanwhile: this work is void
             for image in images:

@@ -12,17 +12,20 @@ import contextlib
 import json
 import logging
 import math
+import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
+from engines.driver import MotionDriver
 from streamer.app import create_app
 from streamer.avatars import AvatarStore
+from streamer.batcher import WindowBatcher
 from streamer.clock import MonotonicClock
 from streamer.config import ServerConfig
 from streamer.scheduler import InferenceScheduler
@@ -71,6 +74,21 @@ def measure_capacity(store: AvatarStore, workers: int, renderer: Any) -> int:
     return cap
 
 
+def _drivers(config: ServerConfig, scheduler: InferenceScheduler
+             ) -> tuple[Callable[[], MotionDriver], WindowBatcher | None]:
+    """A per-session driver factory, and for the learned generator the shared batcher."""
+    if config.driver == "baseline":
+        from engines.baseline_driver import BaselineConfig, BaselineDriver
+
+        return (lambda: BaselineDriver(BaselineConfig(seed=secrets.randbits(31)))), None
+    from engines.motion_generator import GeneratorRunner, MotionGenerator
+
+    runner = GeneratorRunner()  # one ONNX session for all sessions; loads the checked manifest
+    log.info("learned motion generator: %s", runner.manifest_path)
+    return ((lambda: MotionGenerator(runner, seed=secrets.randbits(31))),
+            WindowBatcher(runner, scheduler, max_batch=config.max_batch))
+
+
 def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, SessionManager]:
     from threadpoolctl import threadpool_limits
 
@@ -83,8 +101,10 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
     root = home or default_cache_dir().parent
     store = AvatarStore(root / "server", size=config.size)
     scheduler = InferenceScheduler(workers=config.workers)
+    driver_factory, batcher = _drivers(config, scheduler)
     manager = SessionManager(config, store, scheduler, MonotonicClock(),
-                             capacity=max(config.max_sessions, 1))
+                             capacity=max(config.max_sessions, 1),
+                             driver_factory=driver_factory, batcher=batcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,6 +119,8 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
             yield
         finally:
             await manager.close_all()
+            if batcher is not None:
+                await batcher.aclose()
             scheduler.close()
 
     app = create_app(manager, token=config.token, cors_origins=config.cors_origins,

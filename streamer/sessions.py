@@ -28,6 +28,7 @@ from engines.disclosure import DisclosureConfig
 from engines.driver import MotionDriver
 from engines.provenance import ProvenanceStamp
 from streamer.avatars import AvatarStore
+from streamer.batcher import WindowBatcher
 from streamer.clock import Clock
 from streamer.config import ServerConfig
 from streamer.errors import ApiError, Full, NotFound
@@ -233,7 +234,8 @@ class SessionManager:
 
     def __init__(self, config: ServerConfig, avatars: AvatarStore, scheduler: InferenceScheduler,
                  clock: Clock, capacity: int,
-                 driver_factory: Callable[[], MotionDriver] | None = None) -> None:
+                 driver_factory: Callable[[], MotionDriver] | None = None,
+                 batcher: WindowBatcher | None = None) -> None:
         self.config = config
         self.avatars = avatars
         self.scheduler = scheduler
@@ -241,6 +243,7 @@ class SessionManager:
         self.capacity = capacity
         self.sessions: dict[str, Session] = {}
         self.driver_factory = driver_factory or (lambda: BaselineDriver(BaselineConfig()))
+        self.batcher = batcher  # shared by every session whose driver can be batched
         self.created_total = 0
 
     def wants_label(self, requested: bool | None) -> bool:
@@ -266,7 +269,8 @@ class SessionManager:
         media = SessionMedia(renderer, self.driver_factory(), self.scheduler, self.clock,
                              depth=self.config.playout_depth_frames, live=(mode == "mirror"),
                              on_event=lambda e: holder["s"].emit(e),
-                             max_buffer_seconds=self.config.max_ws_buffer_seconds, stamp=stamp)
+                             max_buffer_seconds=self.config.max_ws_buffer_seconds, stamp=stamp,
+                             batcher=self.batcher)
         session = Session(self, avatar, mode, video, media, session_id)
         holder["s"] = session
         self.sessions[session.id] = session

@@ -38,10 +38,11 @@ def _free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, home: Path, token: str | None, max_sessions: int = 4) -> None:
+    def __init__(self, home: Path, token: str | None, max_sessions: int = 4,
+                 driver: str = "baseline") -> None:
         self.port = _free_port()
         config = ServerConfig(port=self.port, token=token, max_sessions=max_sessions,
-                              max_upload_bytes=2 * 2**20)
+                              max_upload_bytes=2 * 2**20, driver=driver)
         self.app, self.manager = build(config, home=home)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", lifespan="on"))
@@ -443,3 +444,32 @@ def test_verify_endpoint_and_label_choice(server: LiveServer, astronaut: np.ndar
     with httpx.Client(base_url=server.url, timeout=10) as c:  # no token: refused like the rest
         assert c.post("/v1/verify", files={"file": ("m.png", b"x", "image/png")}
                       ).status_code == 401
+
+
+def test_learned_driver_sessions_share_generator_calls(face_models: Path, tmp_path: Path,
+                                                       speech: Path) -> None:
+    """``--driver learned``: two agent-driven sessions, their windows through one batcher."""
+    pcm = float_to_pcm16(load_audio(speech))[: 3 * 32000]  # bytes: 3 s of s16 at 16 kHz
+
+    async def scenario(live: LiveServer) -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=live.url) as c:
+            ids = [(await c.post("/v1/sessions", json={"mode": "broadcast"})).json()["id"]
+                   for _ in range(2)]
+            for sid in ids:
+                async with websockets.connect(
+                        f"ws://127.0.0.1:{live.port}/v1/sessions/{sid}/ws") as ws:
+                    for i in range(0, len(pcm), 16000):  # 0.5 s per message
+                        await ws.send(pcm[i:i + 16000])
+            await asyncio.sleep(4.0)
+            return [(await c.get(f"/v1/sessions/{sid}")).json() for sid in ids]
+
+    with LiveServer(tmp_path, None, driver="learned") as live:
+        stats = asyncio.run(scenario(live))
+        health = httpx.get(f"{live.url}/healthz").json()
+    assert health["driver"] == "learned"
+    batching = health["batching"]
+    assert batching["windows"] >= 2 * 50  # 2 × 3 s of speech + idle, W = 2 frames per window
+    assert batching["calls"] <= batching["windows"]
+    for s in stats:
+        # All the speech played; a loaded 2-core machine may drop a pair or two at the start.
+        assert s["media"]["live_slots"] >= 70 and s["media"]["dropped_pairs"] <= 3, s["media"]
