@@ -69,6 +69,7 @@ class ServerConfig:
             "max_sessions": int(_env("MAX_SESSIONS", "0")),
             "disclosure_label": _env("LABEL", cls.disclosure_label),
             "driver": _env("DRIVER", cls.driver),
+            "playout_depth_frames": int(_env("PLAYOUT_DEPTH", str(cls.playout_depth_frames))),
             "label_text": _env("LABEL_TEXT", cls.label_text),
         }
         if os.environ.get("VIVIFY_TLS_CERT"):
