@@ -97,9 +97,10 @@ class MediaStats:
 class Subscriber:
     """A consumer of played pairs (one per peer connection); drops its oldest when behind."""
 
-    def __init__(self) -> None:
+    def __init__(self, video: bool = True, audio: bool = True) -> None:
         self.video: asyncio.Queue[AVPair | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self.audio: asyncio.Queue[AVPair | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._queues = [q for q, wanted in ((self.video, video), (self.audio, audio)) if wanted]
         # The slot both tracks count their timestamps from: shared, so that a queue that
         # dropped its oldest pair before being read cannot shift one track against the other.
         self.first_slot: int | None = None
@@ -110,7 +111,7 @@ class Subscriber:
         return self.first_slot
 
     def offer(self, pair: AVPair | None) -> None:
-        for q in (self.video, self.audio):
+        for q in self._queues:
             if q.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
@@ -179,8 +180,9 @@ class SessionMedia:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     # ------------------------------------------------------------------ inputs
-    def subscribe(self) -> Subscriber:
-        sub = Subscriber()
+    def subscribe(self, video: bool = True, audio: bool = True) -> Subscriber:
+        """A new consumer of played pairs; ``video``/``audio`` pick the queues it reads."""
+        sub = Subscriber(video, audio)
         self._subscribers.add(sub)
         return sub
 

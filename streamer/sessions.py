@@ -32,6 +32,7 @@ from streamer.batcher import WindowBatcher
 from streamer.clock import Clock
 from streamer.config import ServerConfig
 from streamer.errors import ApiError, Full, NotFound
+from streamer.fanout import VideoFanout
 from streamer.media import SessionMedia
 from streamer.scheduler import InferenceScheduler
 from streamer.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -62,8 +63,9 @@ def _prefer_codec(pc: RTCPeerConnection, codec: str) -> None:
                                                == "video/rtx"])
 
 
-async def _answer(pc: RTCPeerConnection, offer: dict[str, str], video: AvatarVideoTrack,
-                  audio: AvatarAudioTrack, codec: str) -> dict[str, str]:
+async def _answer(pc: RTCPeerConnection, offer: dict[str, str], video: MediaStreamTrack,
+                  audio: AvatarAudioTrack, codec: str, require_codec: bool = False
+                  ) -> dict[str, str]:
     try:
         desc = RTCSessionDescription(sdp=offer["sdp"], type=offer["type"])
         if desc.type != "offer":
@@ -79,7 +81,27 @@ async def _answer(pc: RTCPeerConnection, offer: dict[str, str], video: AvatarVid
     pc.addTrack(audio)
     _prefer_codec(pc, codec)
     await pc.setLocalDescription(await pc.createAnswer())
-    return {"type": pc.localDescription.type, "sdp": pc.localDescription.sdp}
+    sdp = pc.localDescription.sdp
+    if require_codec and _video_codec(sdp) != codec:
+        raise ApiError(f"this session streams {codec} and the offer does not accept it",
+                       code="unsupported_codec")
+    return {"type": pc.localDescription.type, "sdp": sdp}
+
+
+def _video_codec(sdp: str) -> str | None:
+    """The codec of the first payload type of the answer's video section, lower case."""
+    lines = sdp.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("m=video"):
+            parts = line.split()
+            if len(parts) < 4:
+                return None
+            for rest in lines[i + 1:]:
+                if rest.startswith("m="):
+                    break
+                if rest.startswith(f"a=rtpmap:{parts[3]} "):
+                    return rest.split()[1].split("/")[0].lower()
+    return None
 
 
 class Session:
@@ -99,6 +121,7 @@ class Session:
         self._closed = False
         self.close_reason: str | None = None
         self._last_peer_audio = manager.clock.now()
+        self.fanout: VideoFanout | None = None  # one encode for all viewers (streamer/fanout.py)
 
     # ------------------------------------------------------------------ events
     def emit(self, event: dict[str, Any]) -> None:
@@ -143,12 +166,18 @@ class Session:
                        headers={"Retry-After": str(RETRY_AFTER_S)})
         viewer_id = uuid.uuid4().hex[:12]
         pc = RTCPeerConnection()
-        sub = self.media.subscribe()
+        sub = self.media.subscribe(video=False)  # video comes encoded, from the fanout
+        fanout = self._fanout()
+        video = fanout.attach(sub)
         self.viewers[viewer_id] = pc
 
         async def drop() -> None:
             if self.viewers.pop(viewer_id, None) is not None:
                 self.media.unsubscribe(sub)
+                video.stop()
+                if not fanout.tracks and self.fanout is fanout:
+                    self.fanout = None
+                    await fanout.aclose()
                 with contextlib.suppress(Exception):
                     await pc.close()
 
@@ -158,12 +187,18 @@ class Session:
                 await drop()
 
         try:
-            answer = await _answer(pc, offer, AvatarVideoTrack(sub), AvatarAudioTrack(sub),
-                                   self.video.codec)
+            answer = await _answer(pc, offer, video, AvatarAudioTrack(sub), self.video.codec,
+                                   require_codec=True)
         except BaseException:
             await drop()
             raise
         return viewer_id, answer
+
+    def _fanout(self) -> VideoFanout:
+        """The session's shared viewer encoder, started with the first viewer."""
+        if self.fanout is None:
+            self.fanout = VideoFanout(self.media, self.video.codec)
+        return self.fanout
 
     async def _ingest(self, track: MediaStreamTrack) -> None:
         """Peer microphone (Opus, 48 kHz) → 16 kHz mono float32 → the media pipeline."""
@@ -193,6 +228,7 @@ class Session:
             "created": self.created, "viewers": len(self.viewers),
             "connection": self.pc.connectionState if self.pc else None,
             "websockets": len(self.sockets), "media": self.media.stats.as_dict(),
+            "viewer_encoder": self.fanout.stats() if self.fanout else None,
             "provenance": self.provenance(),
         }
 
@@ -220,6 +256,9 @@ class Session:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
+        if self.fanout is not None:
+            await self.fanout.aclose()
+            self.fanout = None
         await self.media.aclose()
         pcs = [p for p in [self.pc, *self.viewers.values()] if p is not None]
         self.viewers.clear()

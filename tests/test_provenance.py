@@ -56,3 +56,14 @@ def test_bad_label_settings_are_refused() -> None:
         ServerConfig(label_text="")
     with pytest.raises(ValueError, match="text"):
         RenderOptions(label="two\nlines")
+
+
+def test_answer_codec_is_read_from_the_video_section() -> None:
+    from streamer.sessions import _video_codec
+
+    sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+           "m=video 9 UDP/TLS/RTP/SAVPF 102 97\r\na=rtpmap:97 VP8/90000\r\n"
+           "a=rtpmap:102 H264/90000\r\n")
+    assert _video_codec(sdp) == "h264"
+    assert _video_codec(sdp.replace("102 97", "97 102")) == "vp8"
+    assert _video_codec("v=0\r\nm=audio 9 X 0\r\n") is None
