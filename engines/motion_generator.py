@@ -30,11 +30,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from engines.motion import EMOTIONS, MOTION_DIM, RIG_VERSION, clip_motion, rest_motion
+
+if TYPE_CHECKING:
+    from engines.runtimes import Runner
 
 # --- Audio front end (all sizes in samples at 16 kHz unless stated) --------------------------
 MEL_HOP = 160  # 10 ms: 100 feature frames per second
@@ -194,37 +198,43 @@ def load_manifest(path: Path | str = DEFAULT_MANIFEST) -> dict:
 
 
 class GeneratorRunner:
-    """The student ONNX graph on ONNX Runtime (CPU), shared by every session.
+    """The student ONNX graph on a runtime from :mod:`engines.runtimes`, shared by every session.
 
     ``infer`` takes a batch of windows (any batch size: the graph's batch axis is dynamic), so
     a scheduler can serve many sessions with one call. One intra-op thread by default: on a
     busy server sessions scale across cores by batching, not by threads inside one call.
+    ``runtime`` is ``ort-cpu`` (the default, as before), ``auto`` or any name in
+    :data:`engines.runtimes.RUNTIMES`; or pass a ready ``runner`` (activated here).
     """
 
-    def __init__(self, manifest: Path | str = DEFAULT_MANIFEST, threads: int = 1) -> None:
-        import onnxruntime as ort
+    def __init__(self, manifest: Path | str = DEFAULT_MANIFEST, threads: int = 1,
+                 runtime: str = "ort-cpu", runner: Runner | None = None) -> None:
+        from engines.runtimes import ModelManifest, create_runner
 
         self.manifest_path = Path(manifest)
         self.manifest = load_manifest(self.manifest_path)
         self.spec = GeneratorSpec.from_config(self.manifest["config"])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
-            str(self.manifest_path.parent / self.manifest["file"]), sess_options=opts,
-            providers=["CPUExecutionProvider"])
-        names = tuple(i.name for i in self.session.get_inputs())
-        if names != INPUT_NAMES:
-            raise ManifestError(f"model inputs are {names}, expected {INPUT_NAMES}")
+        if runner is None:
+            model = ModelManifest.load(self.manifest_path, verify=False)  # checked just above
+            if model.input_names != INPUT_NAMES:
+                raise ManifestError(f"model inputs are {model.input_names}, "
+                                    f"expected {INPUT_NAMES}")
+            runner = create_runner(model, runtime, threads=threads)
+        self.runner = runner
+        self.runner.activate()
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session when the runner is one (kept for older callers)."""
+        return getattr(self.runner, "session", None)
 
     def infer(self, mel: np.ndarray, past: np.ndarray, controls: np.ndarray,
               noise: np.ndarray) -> np.ndarray:
         """(B, 4T, N_MELS), (B, K, M), (B, C), (B, W, M) → (B, W, M) raw motion (unclipped)."""
         feeds = {"mel": mel, "past": past, "controls": controls, "noise": noise}
-        out = self.session.run([OUTPUT_NAME], {k: np.ascontiguousarray(v, dtype=np.float32)
-                                               for k, v in feeds.items()})
-        return np.asarray(out[0], dtype=np.float32)
+        out = self.runner.infer({k: np.ascontiguousarray(v, dtype=np.float32)
+                                 for k, v in feeds.items()})
+        return np.asarray(out[OUTPUT_NAME], dtype=np.float32)
 
     def infer_requests(self, requests: Sequence[WindowRequest]) -> list[np.ndarray]:
         """Many sessions' ready windows in one call; results in the same order."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engines.default_avatar import default_portrait_path, resolve_portrait
 from engines.errors import AvatarInputError
+from export.cli_export import add_export_parser
 from streamer.talk import add_talk_parser
 from streamer.verify import add_verify_parser
 
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_talk_parser(sub)
     add_verify_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
