@@ -102,7 +102,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         cors_origins=tuple(args.cors) if args.cors else None,
         max_sessions=args.max_sessions, workers=args.workers,
-        disclosure_label=args.label, label_text=args.label_text, driver=args.driver)
+        disclosure_label=args.label, label_text=args.label_text, driver=args.driver,
+        runtime=args.runtime)
     return serve(config)
 
 
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--driver", choices=("baseline", "learned"), default=None,
                    help="motion driver (VIVIFY_DRIVER, baseline); learned = the ONNX generator, "
                         "its windows batched across sessions")
+    p.add_argument("--runtime", default=None,
+                   help="learned driver's engine (VIVIFY_RUNTIME): auto (best present, logged), "
+                        "ort-cpu, ort-cuda, ort-tensorrt, tensorrt or torch-cuda")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="render a demo clip of the default avatar")

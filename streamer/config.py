@@ -36,6 +36,7 @@ class ServerConfig:
     label_text: str = "AI-generated"
     driver: str = "baseline"  # motion driver: baseline, or learned (batched across sessions)
     max_batch: int = 32  # learned driver: windows per engine call at most
+    runtime: str = "auto"  # learned driver's engine: auto, or a name in engines.runtimes.RUNTIMES
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
@@ -69,6 +70,7 @@ class ServerConfig:
             "max_sessions": int(_env("MAX_SESSIONS", "0")),
             "disclosure_label": _env("LABEL", cls.disclosure_label),
             "driver": _env("DRIVER", cls.driver),
+            "runtime": _env("RUNTIME", cls.runtime),
             "playout_depth_frames": int(_env("PLAYOUT_DEPTH", str(cls.playout_depth_frames))),
             "label_text": _env("LABEL_TEXT", cls.label_text),
         }

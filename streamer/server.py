@@ -83,8 +83,10 @@ def _drivers(config: ServerConfig, scheduler: InferenceScheduler
         return (lambda: BaselineDriver(BaselineConfig(seed=secrets.randbits(31)))), None
     from engines.motion_generator import GeneratorRunner, MotionGenerator
 
-    runner = GeneratorRunner()  # one ONNX session for all sessions; loads the checked manifest
-    log.info("learned motion generator: %s", runner.manifest_path)
+    # One engine for all sessions; the manifest's sha256 is checked; `auto` logs its choice.
+    runner = GeneratorRunner(runtime=config.runtime)
+    log.info("learned motion generator: %s on %s", runner.manifest_path,
+             type(runner.runner).__name__)
     return ((lambda: MotionGenerator(runner, seed=secrets.randbits(31))),
             WindowBatcher(runner, scheduler, max_batch=config.max_batch))
 
