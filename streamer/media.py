@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 FPS = 25
 FRAME_SECONDS = 1.0 / FPS
 MAX_LIVE_BACKLOG = 2 * SAMPLES_PER_FRAME  # live mic audio kept beyond what is being generated
+IDLE_LEAD = 1  # see SessionMedia.idle_lead
 SUBSCRIBER_QUEUE = 8  # pairs a slow consumer may lag before its oldest are dropped
 GAZE_GAIN = 1.0
 DISTANCE_GAIN = 1.0
@@ -135,6 +136,10 @@ class SessionMedia:
         self.scheduler = scheduler
         self.clock = clock
         self.depth = depth
+        # Idle frames are made when fewer than this many slots are queued beyond the next one:
+        # the margin that absorbs late audio without inserting silence into speech. Each slot
+        # of it is 40 ms of latency from speech onset to the mouth moving.
+        self.idle_lead = IDLE_LEAD
         self.live = live  # a live microphone (trim backlog) vs an agent's stream (queue it)
         self.controls = Controls()
         self.stats = MediaStats()
@@ -336,7 +341,7 @@ class SessionMedia:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            urgent = self._produced <= self._playing + 1
+            urgent = self._produced <= self._playing + self.idle_lead
             if self._input_len >= SAMPLES_PER_FRAME:
                 block, arrived = self._take_block()
                 live = True
