@@ -8,7 +8,7 @@ STAMPS := .stamps
 APT_PACKAGES := espeak-ng sox chromium portaudio19-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint typecheck demo clean system-deps bench bench-stages bench-browser bench-compare bench-loopback bench-loopback-quick
+.PHONY: setup run test lint typecheck demo clean system-deps bench bench-quick bench-soak bench-stages bench-browser bench-compare bench-loopback bench-loopback-quick
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
@@ -61,7 +61,8 @@ typecheck: lint
 clean:
 	rm -rf $(STAMPS) out build *.egg-info
 
-# Stage timings on ONE core (renderer, paste-back, preparation, offline render speed).
+# Stage timings on ONE core: audio features, baseline driver, learned generator at batch 1/4/16
+# on every runtime present, renderer (+ its exported graph if built), VP8/H.264 encode, offline render.
 bench-stages: setup
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 0 $(PY) bench/stages.py
 
@@ -73,7 +74,18 @@ bench-loopback: setup
 bench-loopback-quick: setup
 	$(PY) bench/loopback.py --quick
 
-bench: bench-stages bench-loopback
+# Everything above in one run (≤ 10 min; --quick ≤ 2 min) with progress, one JSON and a markdown
+# report with plots in bench/results/run-<time>-<mode>/; a full run also refreshes
+# bench/results/latest/. A failing stage is named and the rest still runs; exit 1 at the end.
+bench: setup
+	$(PY) -m bench.run
+
+bench-quick: setup
+	$(PY) -m bench.run --quick
+
+# Server memory over 10 minutes of sessions opening and closing (not part of `make bench`).
+bench-soak: setup
+	$(PY) -m bench.soak
 
 # Browser-side figures: click → first frame (median of 5) and 30 s of call mode from getStats().
 bench-browser: setup
@@ -112,3 +124,11 @@ export: export-deps
 
 eval: export-deps
 	$(PY) -m export.evaluate --corpus $(GEN)/corpus --teacher $(GEN)/teacher.pt --out bench/results
+
+# --- GPU engines (issue 7) ---
+# Renderer graph → ONNX, then a golden clip (CPU renderer = reference, PSNR ≥ 40 dB per frame) and
+# Polygraphy's Comparator over torch, ONNX Runtime and any GPU runtime present. Report and contact
+# sheet in artifacts/parity/ (see docs/engines.md for the tolerances).
+.PHONY: parity
+parity: export-deps
+	OMP_NUM_THREADS=1 $(PY) -m export.parity --out artifacts/parity

@@ -19,11 +19,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = {  # name → (path into the stages JSON, lower is better)
-    "render per frame, best of 3 (ms)": (("render_512_per_frame_best_of_3", "median_ms"), True),
-    "render, all layers (ms)": (("render_512_all_layers", "median_ms"), True),
-    "paste-back 720p (ms)": (("paste_back_720p", "median_ms"), True),
-    "prepare 512² (s)": (("prepare_512_s",), True),
-    "offline render (× real time)": (("offline_render", "x_realtime"), False),
+    "audio features per frame (ms)": (("stages", "audio_features", "per_frame", "median_ms"),
+                                      True),
+    "baseline driver per frame (ms)": (("stages", "baseline_driver", "per_frame", "median_ms"),
+                                       True),
+    "generator per window, b=1 (ms)": (("stages", "motion_generator", "runtimes",
+                                        "ort-cpu", "1", "per_window_ms"), True),
+    "generator per window, b=16 (ms)": (("stages", "motion_generator", "runtimes",
+                                         "ort-cpu", "16", "per_window_ms"), True),
+    "render per frame, best of 3 (ms)": (("stages", "renderer", "per_frame_best_of_3",
+                                          "median_ms"), True),
+    "render, all layers (ms)": (("stages", "renderer", "all_layers", "median_ms"), True),
+    "paste-back 720p (ms)": (("stages", "paste_back", "frame_720p", "median_ms"), True),
+    "encode VP8 (ms)": (("stages", "encode_vp8", "per_frame", "median_ms"), True),
+    "encode H.264 (ms)": (("stages", "encode_h264", "per_frame", "median_ms"), True),
+    "prepare 512² (s)": (("stages", "prepare", "prepare_512_s"), True),
+    "offline render (× real time)": (("stages", "offline_render", "x_realtime"), False),
 }
 
 
@@ -68,10 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.run([sys.executable, str(ROOT / "bench" / "stages.py"), "--quick",
                                    "--out", str(out)], cwd=trees[sha], env=env,
                                   capture_output=True, text=True)
-            if proc.returncode != 0:
+            # A stage the older version lacks fails alone; the others still count.
+            try:
+                data = json.loads(out.read_text())
+            except ValueError:
                 print(f"  {sha} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
-            runs[sha].append(json.loads(out.read_text()))
+            if data.get("failed"):
+                print(f"  {sha}: stages failed: {', '.join(data['failed'])}", flush=True)
+            runs[sha].append(data)
     rows = []
     print(f"\n{'metric':36s} {shas[0]:>10s} {shas[1]:>10s}   B/A")
     for name, (keys, _lower_better) in METRICS.items():

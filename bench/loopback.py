@@ -45,7 +45,13 @@ Stages and method:
     p95 onset latency is ≤ 1.5 × that of level 1 and ≤ 10 % of onsets are missed. A failing
     level is run once more; the ramp stops when it fails again, when the server answers 503,
     or when the time budget runs out. The server's own admission limit is lifted for the ramp
-    (its start-up estimate is recorded).
+    (its start-up estimate is recorded). Each level keeps every session's fps per second
+    (``fps_series_each``) and its onset latencies, for the report's capacity curve and CDF.
+``memory`` (throughout)
+    The server's RSS (VmRSS; one process, its workers are threads) every 0.5 s: per capacity
+    level (median/max), the first session on the fresh server (mirror stage), the slope of RSS
+    against sessions over the ramp (``rss_per_session_mib``) and the whole series
+    (``memory.rss_series``). Long-run flatness is bench/soak.py's job.
 
 The server child inherits the environment, so ``OPENBLAS_NUM_THREADS=1 python
 bench/loopback.py`` measures the server with single-threaded BLAS (recorded in
@@ -346,13 +352,40 @@ def aligned_distance(crop: np.ndarray, ref: np.ndarray, margin: int = ALIGN_MARG
 
 
 def percentiles(values: Sequence[float]) -> dict[str, Any]:
-    """p50, p95, min, max and n of ``values`` in ms (None when empty)."""
+    """p50, p95, p99, min, max and n of ``values`` in ms (None when empty)."""
     v = np.asarray([x for x in values if x is not None], np.float64)
     if v.size == 0:
-        return {"n": 0, "p50_ms": None, "p95_ms": None, "min_ms": None, "max_ms": None}
+        return {"n": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "min_ms": None,
+                "max_ms": None}
     return {"n": int(v.size), "p50_ms": round(float(np.percentile(v, 50)), 1),
             "p95_ms": round(float(np.percentile(v, 95)), 1),
+            "p99_ms": round(float(np.percentile(v, 99)), 1),
             "min_ms": round(float(v.min()), 1), "max_ms": round(float(v.max()), 1)}
+
+
+def fps_series(times: Sequence[float] | np.ndarray, bin_s: float = 1.0) -> list[float]:
+    """Delivered frame rate in consecutive ``bin_s`` bins from the first frame (the last,
+    partial bin dropped): the "fps over time" plot, where a stall shows as a dip."""
+    t = np.asarray(times, np.float64)
+    if t.size < 2:
+        return []
+    n_bins = int((t[-1] - t[0]) // bin_s)
+    if n_bins < 1:
+        return []
+    counts = np.bincount(((t - t[0]) // bin_s).astype(int), minlength=n_bins + 1)[:n_bins]
+    return [round(float(c) / bin_s, 1) for c in counts]
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of process ``pid`` in MiB (VmRSS from /proc); None if unreadable.
+    The server is one process (its workers are threads), so this is all of its memory."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def frame_rate(times: np.ndarray, settle_s: float = 1.0) -> dict[str, Any]:
@@ -567,7 +600,7 @@ def analyse_mirror(peer: Peer, end: float, threshold: float | None = None) -> di
         "onset_latency_each_ms": [None if v is None else round(v, 1) for v in latencies],
         "av_offset": percentiles([v for v in offsets if v is not None]),
         "av_offset_each_ms": [None if v is None else round(v, 1) for v in offsets],
-        "video": frame_rate(t), "threshold": round(thr, 3),
+        "video": frame_rate(t), "fps_series": fps_series(t), "threshold": round(thr, 3),
         "own_threshold": None if own is None else round(own, 3),
         "idle_activity": {"n": int(idle.size),
                           "p50": round(float(np.median(idle)), 3) if idle.size else None,
@@ -771,6 +804,31 @@ class Bench:
                                        "machine": machine_info(), "stages": {}, "failed": []}
         self.clips = speech_clips(SEND_RATE)
         self.threshold: float | None = None
+        self.rss: list[tuple[float, float]] = []  # (monotonic time, server RSS in MiB)
+
+    async def sample_rss(self, every_s: float = 0.5) -> None:
+        """Record the server's RSS every ``every_s`` until cancelled: memory per session."""
+        while True:
+            pid = self.server.proc.pid if self.server.proc else None
+            if pid is not None and (v := rss_mib(pid)) is not None:
+                self.rss.append((time.monotonic(), v))
+            await asyncio.sleep(every_s)
+
+    def rss_between(self, t0: float, t1: float) -> dict[str, float | None]:
+        """Median and max server RSS (MiB) sampled between ``t0`` and ``t1``."""
+        v = [m for t, m in self.rss if t0 <= t <= t1]
+        return {"median": round(float(np.median(v)), 1) if v else None,
+                "max": round(max(v), 1) if v else None, "samples": len(v)}
+
+    def memory_summary(self, points: int = 600) -> dict[str, Any]:
+        """The server's RSS over the whole run (downsampled) for the report's plot."""
+        if not self.rss:
+            return {"rss_series": []}
+        t0 = self.rss[0][0]
+        step = max(1, len(self.rss) // points)
+        return {"rss_series": [[round(t - t0, 1), m] for t, m in self.rss[::step]],
+                "rss_first_mib": self.rss[0][1], "rss_peak_mib": max(m for _, m in self.rss),
+                "rss_last_mib": self.rss[-1][1]}
 
     def save(self) -> None:
         """Rewrite the JSON report (after every stage and capacity level)."""
@@ -856,8 +914,12 @@ class Bench:
     async def mirror(self) -> dict[str, Any]:
         stage: dict[str, Any] = {}
         self.report["stages"]["mirror"] = stage
+        t_start = time.monotonic()
+        rss_before = rss_mib(self.server.proc.pid) if self.server.proc else None
         peers = await self._mirror_peers(1, self.s.mirror_s, "mirror")
         end = time.monotonic()
+        # The first session on a fresh server: what one session adds to its memory.
+        stage["rss_mib"] = {"before": rss_before, **self.rss_between(t_start + 3.0, end)}
         stage["server_stats"] = (await self._server_stats(peers))[0]
         for p in peers:
             await p.close()
@@ -978,6 +1040,8 @@ class Bench:
     async def _capacity_level(self, n: int, attempt: int) -> dict[str, Any]:
         """Run ``n`` concurrent mirror sessions once; per-session and pooled figures."""
         cpu = CpuMeter(self.pids)
+        t_start = time.monotonic()
+        rss_before = rss_mib(self.server.proc.pid) if self.server.proc else None
         peers = await self._mirror_peers(n, self.s.capacity_stage_s, f"capacity n={n}")
         end = time.monotonic()
         stats = await self._server_stats(peers)
@@ -989,6 +1053,10 @@ class Bench:
         fps = [r["video"]["fps"] or 0.0 for r in per]
         level = {"sessions": n, "attempt": attempt, "fps_min": min(fps), "fps_each": fps,
                  "onset_latency": percentiles(onsets),
+                 "onset_latency_each_ms": onsets,
+                 "fps_series_each": [r["fps_series"] for r in per],
+                 "rss_mib": {"before": rss_before,
+                             **self.rss_between(t_start + 3.0, end)},
                  "onsets_missed": sum(r["onsets_missed"] for r in per),
                  "onsets": len(onsets),
                  "gap_p95_ms_max": max(r["video"]["gap_p95_ms"] or 0 for r in per),
@@ -1011,6 +1079,7 @@ class Bench:
         base_p95: float | None = None
         held = 0
         n, attempt = 1, 1
+        stage["rss_idle_mib"] = rss_mib(self.server.proc.pid) if self.server.proc else None
         while n <= self.s.capacity_max:
             need = self.s.capacity_stage_s + 6.0 + 2.0 * n
             if self.left() < need:
@@ -1049,7 +1118,26 @@ class Bench:
                 break
         stage["real_time_sessions"] = held
         stage["single_session_p95_ms"] = base_p95
+        stage["rss_per_session_mib"] = rss_per_session(levels, stage["rss_idle_mib"])
         return stage
+
+
+def rss_per_session(levels: Sequence[dict[str, Any]], idle: float | None) -> dict[str, Any]:
+    """Server memory one more session costs: the slope of median RSS against the number of
+    sessions over the ramp's levels, and level 1's median minus the server's RSS when the ramp
+    began. Python keeps freed memory, so a level starts at the earlier stages' high-water mark
+    and that delta is a lower bound; the mirror stage's ``rss_mib`` (first session on a fresh
+    server) includes first-use allocations and is the upper one."""
+    pts = [(lv["sessions"], lv["rss_mib"]["median"]) for lv in levels
+           if (lv.get("rss_mib") or {}).get("median") is not None]
+    out: dict[str, Any] = {"slope": None, "one_session_delta": None}
+    if len({n for n, _ in pts}) >= 2:
+        x, y = np.array(pts, np.float64).T
+        out["slope"] = round(float(np.polyfit(x, y, 1)[0]), 1)
+    one = [m for n, m in pts if n == 1]
+    if one and idle is not None:
+        out["one_session_delta"] = round(one[0] - idle, 1)
+    return out
 
 
 def freezes(times: np.ndarray, marks: dict[str, Sequence[float]],
@@ -1303,6 +1391,7 @@ async def run(settings: Settings, out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vivify-loopback-") as tmp:
         server = ServerProcess(Path(tmp))
         bench: Bench | None = None
+        sampler: asyncio.Task[None] | None = None
         try:
             log("server", "starting (prepares the default avatar, measures capacity)")
             info = server.start()
@@ -1311,6 +1400,7 @@ async def run(settings: Settings, out: Path) -> dict[str, Any]:
             bench = Bench(settings, server, out)
             bench.report["server"] = info
             bench.save()
+            sampler = asyncio.create_task(bench.sample_rss())
             await bench.run_stage("mirror", bench.mirror)
             await bench.run_stage("session_start", bench.session_start)
             await bench.run_stage("interrupt", bench.interrupt)
@@ -1326,8 +1416,11 @@ async def run(settings: Settings, out: Path) -> dict[str, Any]:
                 _write_json(out, report)
                 return report
         finally:
+            if sampler is not None:
+                sampler.cancel()
             rc = server.stop()
             if bench is not None:
+                bench.report["memory"] = bench.memory_summary()
                 bench.report["server_exit_code"] = rc
                 bench.report["total_s"] = round(time.monotonic() - _T0, 1)
                 bench.save()
