@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -116,6 +117,11 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
         if config.max_sessions <= 0:
             renderer = await store.renderer("default")
             manager.capacity = measure_capacity(store, config.workers, renderer)
+        # Everything loaded so far (modules, models, the default avatar) lives as long as the
+        # process: take it out of the collector's view, so the full collection after each
+        # session close walks only session objects (~5 ms instead of ~65 ms, measured).
+        gc.collect()
+        gc.freeze()
         log.info("ready: %d sessions max", manager.capacity)
         try:
             yield

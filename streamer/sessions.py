@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 Mode = Literal["mirror", "broadcast"]
 PEER_SILENT_TIMEOUT = 4.0  # s without audio from a mirror peer: it has vanished
 RETRY_AFTER_S = 10
+GC_DELAY_S = 1.0  # full garbage collection this long after a session closes (coalesced)
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ class Session:
             with contextlib.suppress(Exception):
                 await pc.close()
         self.sockets.clear()
+        self.manager.collect_garbage_soon()
 
 
 class SessionManager:
@@ -284,6 +287,7 @@ class SessionManager:
         self.driver_factory = driver_factory or (lambda: BaselineDriver(BaselineConfig()))
         self.batcher = batcher  # shared by every session whose driver can be batched
         self.created_total = 0
+        self._gc_pending = False
 
     def wants_label(self, requested: bool | None) -> bool:
         """The operator's label policy decides; under ``client`` the request does (default on)."""
@@ -330,6 +334,26 @@ class SessionManager:
 
     def _forget(self, session: Session) -> None:
         self.sessions.pop(session.id, None)
+
+    def collect_garbage_soon(self) -> None:
+        """Free a closed session's memory now rather than at some distant full collection.
+
+        A session is a web of reference cycles (peer connections, their transports and codecs,
+        event-handler closures), so reference counting cannot free it; CPython's oldest
+        generation is collected rarely in a long-lived process, and until then each closed
+        session keeps its frames and codec buffers (measured: +4 MB per session, RSS growing
+        ~11 MB/min in a soak). One full collection a second after closes, coalesced, frees
+        them; it costs ~5 ms because the server froze its start-up objects (``gc.freeze``).
+        """
+        if self._gc_pending:
+            return
+        self._gc_pending = True
+
+        def collect() -> None:
+            self._gc_pending = False
+            gc.collect()
+
+        asyncio.get_running_loop().call_later(GC_DELAY_S, collect)
 
     async def close_all(self, reason: str = "server shutting down") -> None:
         await asyncio.gather(*(s.aclose(reason) for s in list(self.sessions.values())),
