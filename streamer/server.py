@@ -29,6 +29,7 @@ from streamer.avatars import AvatarStore
 from streamer.batcher import WindowBatcher
 from streamer.clock import MonotonicClock
 from streamer.config import ServerConfig
+from streamer.memory import limit_heaps
 from streamer.scheduler import InferenceScheduler
 from streamer.sessions import SessionManager
 
@@ -100,6 +101,7 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
     # Parallelism comes from sessions on the worker threads. A BLAS pool inside every small
     # per-frame matmul fights them: measured ~3× the server CPU per session without this.
     threadpool_limits(limits=1, user_api="blas")
+    limit_heaps()
 
     root = home or default_cache_dir().parent
     store = AvatarStore(root / "server", size=config.size)

@@ -1,0 +1,58 @@
+"""Hand freed heap memory back to the OS (glibc's ``malloc_trim``), after a session closes.
+
+Sessions allocate megabyte-sized buffers (frames, flow maps, codec buffers) in worker threads;
+glibc keeps what those threads free in per-thread heaps for reuse and returns it to the OS
+only when asked. Called after the post-close garbage collection, so the server's RSS follows
+its live sessions instead of its busiest moment. A no-op where glibc is not the allocator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import sys
+from collections.abc import Callable
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+MAX_HEAPS = 2
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    with contextlib.suppress(OSError, AttributeError):
+        fn: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        return fn
+    return None
+
+
+def limit_heaps(count: int = MAX_HEAPS) -> bool:
+    """Cap glibc's per-thread heaps (``M_ARENA_MAX``); call before the worker threads start.
+
+    Each thread that allocates gets its own heap (up to 8 per core), and each keeps its own
+    fragments: with the inference workers, aiortc's encoder executor and the event loop that is
+    a dozen heaps slowly filling with holes. A few shared heaps keep the holes reusable.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    with contextlib.suppress(OSError, AttributeError):
+        return bool(ctypes.CDLL(name).mallopt(M_ARENA_MAX, count))
+    return False
+
+
+def release_free_heap() -> bool:
+    """Return the free pages of every heap to the OS; True when glibc did it."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
