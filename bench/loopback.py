@@ -688,7 +688,7 @@ def serve(port: int, home: Path, max_sessions: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    app, manager = build(ServerConfig(port=port, max_sessions=0), home=home)
+    app, manager = build(ServerConfig.from_env(port=port, max_sessions=0), home=home)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
                                            log_level="warning", lifespan="on",
                                            timeout_graceful_shutdown=5))

@@ -28,6 +28,7 @@ class ServerConfig:
     session_idle_timeout: float = 300.0  # s without any peer, viewer or WebSocket
     fps: int = 25
     size: int = 512
+    audio_prefetch_frames: int = 1  # incoming Opus packets held for reordering (aiortc: 4)
     playout_depth_frames: int = 3  # frames generated ahead of playback: the jitter buffer
     # Visible "AI-generated" label on streamed frames: "client" = each session request decides
     # (the browser client asks for it by default), "always", or "never". The invisible
@@ -56,6 +57,8 @@ class ServerConfig:
             raise ValueError("disclosure_label must be client, always or never, "
                              f"got {self.disclosure_label!r}")
         DisclosureConfig(text=self.label_text)  # ValueError on empty, long or multi-line text
+        if not 0 <= self.audio_prefetch_frames <= 8:
+            raise ValueError("audio_prefetch_frames must be within 0..8")
         if not 1 <= self.playout_depth_frames <= 25:
             raise ValueError("playout_depth_frames must be within 1..25")
 
@@ -72,6 +75,8 @@ class ServerConfig:
             "driver": _env("DRIVER", cls.driver),
             "runtime": _env("RUNTIME", cls.runtime),
             "playout_depth_frames": int(_env("PLAYOUT_DEPTH", str(cls.playout_depth_frames))),
+            "audio_prefetch_frames": int(_env("AUDIO_PREFETCH",
+                                              str(cls.audio_prefetch_frames))),
             "label_text": _env("LABEL_TEXT", cls.label_text),
         }
         if os.environ.get("VIVIFY_TLS_CERT"):

@@ -200,7 +200,12 @@ def test_mirror_call_returns_lip_synced_video_and_audio(server: LiveServer, spee
     async def scenario() -> dict[str, Any]:
         pc, data = await _connect(server, {"mode": "mirror", "video": {"codec": "vp8"}}, speech)
         got = await _receive(pc, 6.0)
-        stats = server.manager.get(data["id"]).stats()
+        session = server.manager.get(data["id"])
+        stats = session.stats()
+        # aiortc's audio receiver holds 4 packets (80 ms) by default; the server shortens it.
+        buffers = [getattr(r, "_RTCRtpReceiver__jitter_buffer", None)
+                   for r in session.pc.getReceivers() if r.track and r.track.kind == "audio"]
+        assert [b._prefetch for b in buffers] == [1]
         await pc.close()
         return dict(got, stats=stats, id=data["id"])
 
