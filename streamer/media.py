@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 FPS = 25
 FRAME_SECONDS = 1.0 / FPS
 MAX_LIVE_BACKLOG = 2 * SAMPLES_PER_FRAME  # live mic audio kept beyond what is being generated
-IDLE_LEAD = 1  # see SessionMedia.idle_lead
+IDLE_LEAD = 0  # see SessionMedia.idle_lead
 SUBSCRIBER_QUEUE = 8  # pairs a slow consumer may lag before its oldest are dropped
 GAZE_GAIN = 1.0
 DISTANCE_GAIN = 1.0
@@ -136,9 +136,11 @@ class SessionMedia:
         self.scheduler = scheduler
         self.clock = clock
         self.depth = depth
-        # Idle frames are made when fewer than this many slots are queued beyond the next one:
-        # the margin that absorbs late audio without inserting silence into speech. Each slot
-        # of it is 40 ms of latency from speech onset to the mouth moving.
+        # An idle frame is made only when at most this many slots beyond the next one are
+        # queued. Each slot of margin is 40 ms more from speech onset to the mouth moving; 0
+        # (idle made just for the next slot) was measured safe: virtual-clock probe with 30 ms
+        # arrival jitter and 30 ms generation time inserted no silence into speech and
+        # dropped no more pairs than margin 1 or 2, and loopback onset p50 fell ~285 → ~210 ms.
         self.idle_lead = IDLE_LEAD
         self.live = live  # a live microphone (trim backlog) vs an agent's stream (queue it)
         self.controls = Controls()
