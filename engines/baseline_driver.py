@@ -90,7 +90,7 @@ PRESS_PEAK_MIN_DB = -32.0  # both sides must reach this level to count as speech
 
 # Follower time constants (seconds): (attack when rising, release when falling).
 TAU_JAW = (0.02, 0.06)
-INTERRUPT_MOUTH_KEEP = 0.5  # share of the mouth's opening kept on the frame after clear()
+INTERRUPT_MOUTH_KEEP = 0.3  # share of the mouth's opening kept on the frame after clear()
 TAU_LIP_SHAPE = (0.05, 0.08)
 TAU_UPPER_LIP = (0.03, 0.07)
 TAU_PRESS = (0.015, 0.05)
