@@ -111,13 +111,13 @@ $(STAMPS)/export: $(STAMPS)/venv
 data: export-deps
 	$(PY) -m export.data.build --out $(GEN)/corpus
 
-# Two stages, as the committed model was made (the second continues the first at a lower lr).
+# One core (the other is left to the machine's other jobs); time-budgeted, the lr schedule
+# follows the larger of step and time fraction.
 train: export-deps
-	$(PY) -m export.train --corpus $(GEN)/corpus --out $(GEN)/teacher_stage1.pt --max-minutes 18
-	$(PY) -m export.train --corpus $(GEN)/corpus --init $(GEN)/teacher_stage1.pt --lr 7e-4 --seed 1 --max-minutes 14 --out $(GEN)/teacher.pt
+	$(PY) -m export.train --corpus $(GEN)/corpus --out $(GEN)/teacher.pt --threads 1 --steps 100000 --max-minutes 30
 
 distill: export-deps
-	$(PY) -m export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --pairs 8192 --max-minutes 7
+	$(PY) -m export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --threads 1 --pairs 8192 --max-minutes 8
 
 export: export-deps
 	$(PY) -m export.onnx_export --student $(GEN)/student.pt --out models

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from engines.audio_io import FPS
-from engines.motion import MOTION_DIM, RIG_VERSION
+from engines.motion import INDEX, MOTION_DIM, RIG_VERSION
 from engines.motion_generator import MELS_PER_FRAME, N_MELS
 from export.data.labels import CONTROL_DIM
 
@@ -37,6 +37,9 @@ class GeneratorConfig:
     cfg_scale: float = 1.5
     cond_drop: float = 0.15  # classifier-free guidance: audio dropped this often in training
     past_noise: float = 0.1  # max std (normalised units) of noise added to the cache in training
+    past_noise_mouth: float = 0.2  # the same for the cache's mouth dims (see MOUTH_DIMS)
+    prior: bool = True  # audio-only regression prior for the window; the flow adds a residual
+    prior_weight: float = 1.0  # weight of the prior's MSE in the teacher's loss
     fps: int = FPS
     n_mels: int = N_MELS
     mels_per_frame: int = MELS_PER_FRAME
@@ -71,11 +74,22 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GeneratorConfig:
+        """Older checkpoints (before the prior) lack ``prior`` and ``past_noise_mouth``: they
+        load as what they were (no prior, uniform cache noise)."""
+        d = dict(d)
+        if "prior" not in d:
+            d["prior"] = False
+            d.setdefault("past_noise_mouth", d.get("past_noise", 0.1))
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown config fields: {sorted(unknown)}")
         return cls(**d)
 
+
+MOUTH_DIMS = tuple(INDEX[n] for n in ("jaw_open", "lip_stretch", "lip_round", "upper_lip_raise",
+                                      "lower_lip_depress", "lip_press"))
+"""Rig dims the audio determines: their cache copy is
+noised harder in training so the model listens to the audio, not to its own past mouth."""
 
 TINY = GeneratorConfig(d_model=32, n_layers=1, n_heads=2, cache=4, audio_context=4)

@@ -63,9 +63,10 @@ class WindowSampler:
         }
 
 
-def noisy_past(past: torch.Tensor, std: torch.Tensor, max_noise: float,
+def noisy_past(past: torch.Tensor, std: torch.Tensor, max_noise: float | torch.Tensor,
                gen: torch.Generator) -> torch.Tensor:
     """Cache augmentation against exposure bias: at run time the cache holds the model's own
-    (imperfect) frames, so training sees labels plus noise of a random size (normalised units)."""
+    (imperfect) frames, so training sees labels plus noise of a random size (normalised units;
+    ``max_noise`` a scalar or one value per motion dim)."""
     scale = torch.rand(past.shape[0], 1, 1, generator=gen) * max_noise
     return past + scale * std * torch.randn(past.shape, generator=gen)

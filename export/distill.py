@@ -49,7 +49,7 @@ def make_pairs(teacher: MotionFlow, data: WindowSampler, n: int, seed: int
         b = min(PAIR_BATCH, n - done)
         batch = data.sample(b, rng)
         past = teacher.denormalise(noisy_past(teacher.normalise(batch["past"]), torch.ones(()),
-                                              cfg.past_noise, gen))
+                                              teacher.past_noise_scale(), gen))
         noise = torch.randn((b, cfg.window, cfg.motion_dim), generator=gen)
         x0 = sample_euler(teacher, noise, past, batch["mel"], batch["controls"],
                           cfg.teacher_steps, cfg.cfg_scale)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.config import GeneratorConfig
+from export.config import MOUTH_DIMS, GeneratorConfig
 
 
 class CausalConv(nn.Module):
@@ -119,6 +119,11 @@ class MotionFlow(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, m)
+        if cfg.prior:  # audio-only regression of frames s − 1 … s + W − 1, see prior_mean
+            self.prior = nn.Sequential(nn.Linear(cfg.context_frames * d, 4 * d), nn.GELU(),
+                                       nn.Linear(4 * d, (cfg.window + 1) * m))
+            self.mu_in = nn.Linear(m, d)
+            self.anchor_in = nn.Linear(m, d)
         self.register_buffer("mean", torch.zeros(m))
         self.register_buffer("std", torch.ones(m))
 
@@ -128,13 +133,33 @@ class MotionFlow(nn.Module):
     def denormalise(self, z: torch.Tensor) -> torch.Tensor:
         return z * self.std + self.mean
 
+    def prior_mean(self, audio: torch.Tensor) -> torch.Tensor:
+        """Encoded audio (B, T, D) → audio-only regression μ (B, 1 + W, M) of frame s − 1 (the
+        last cached frame) and of the window's W frames, normalised units; zeros without a
+        prior. The flow generates the residual x0 − μ[:, 1:]; μ[:, 0] against the cache's last
+        frame tells it how far the shown motion is from the prior, so it can continue smoothly
+        across the window boundary."""
+        cfg = self.cfg
+        if not cfg.prior:
+            return audio.new_zeros(audio.shape[0], cfg.window + 1, cfg.motion_dim)
+        return self.prior(audio.flatten(1)).reshape(-1, cfg.window + 1, cfg.motion_dim)
+
     def velocity(self, x: torch.Tensor, t: torch.Tensor, past_n: torch.Tensor,
-                 audio: torch.Tensor, controls: torch.Tensor) -> torch.Tensor:
-        """x (B, W, M) normalised noisy window, t (B,), past_n (B, K, M) normalised,
-        audio (B, T, D) encoded (or null), controls (B, C) → velocity (B, W, M)."""
+                 audio: torch.Tensor, controls: torch.Tensor,
+                 mu: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, W, M) normalised noisy residual window, t (B,), past_n (B, K, M) normalised,
+        audio (B, T, D) encoded (or null), controls (B, C), mu (B, 1 + W, M) the prior's mean
+        (normalised; ignored without a prior) → velocity (B, W, M)."""
         cfg = self.cfg
         c = self.t_mlp(timestep_embedding(t, cfg.d_model)) + self.ctrl(controls)  # (B, D)
-        tokens = torch.cat([c[:, None, :], self.past_in(past_n), self.x_in(x), audio],
+        xt = self.x_in(x)
+        past = self.past_in(past_n)
+        if cfg.prior and mu is not None:
+            xt = xt + self.mu_in(mu[:, 1:])
+            if cfg.cache:  # the last shown frame's offset from the prior (boundary anchor)
+                anchor = self.anchor_in(past_n[:, -1] - mu[:, 0])[:, None]  # (B, 1, D)
+                past = torch.cat([past[:, :-1], past[:, -1:] + anchor], dim=1)
+        tokens = torch.cat([c[:, None, :], past, xt, audio],
                            dim=1) + self.pos  # (B, 1 + K + W + T, D)
         for blk in self.blocks:
             tokens = blk(tokens, c)
@@ -149,6 +174,13 @@ class MotionFlow(nn.Module):
         keep = audio_on[:, None, None].to(a.dtype)
         return keep * a + (1 - keep) * self.null_audio
 
+    def past_noise_scale(self) -> torch.Tensor:
+        """(M,) max std of the training-time cache noise: ``past_noise`` on every dim,
+        ``past_noise_mouth`` on the mouth (which must come from the audio, not the cache)."""
+        s = torch.full((self.cfg.motion_dim,), self.cfg.past_noise)
+        s[list(MOUTH_DIMS)] = self.cfg.past_noise_mouth
+        return s
+
 
 # --- samplers (rectified flow: x_t = (1 − t)·x0 + t·ε, v = ε − x0; Liu et al. 2022) ------------
 
@@ -157,21 +189,24 @@ def sample_euler(model: MotionFlow, noise: torch.Tensor, past: torch.Tensor, mel
                  controls: torch.Tensor, steps: int, cfg_scale: float) -> torch.Tensor:
     """Euler ODE sampler from t = 1 (noise) to 0 with classifier-free guidance (Ho & Salimans
     2022) on the velocity. Raw-unit inputs/outputs; ``noise`` is explicit so sampling is a pure
-    function. With ``cfg_scale`` 1 it evaluates the conditional branch only."""
+    function. With ``cfg_scale`` 1 it evaluates the conditional branch only. With a prior the
+    ODE runs on the residual around the prior's mean μ (both branches see μ; guidance acts on
+    what the audio tokens add)."""
     b = noise.shape[0]
     past_n = model.normalise(past)
     a_c = model.encode(mel)
     a_u = model.null_audio.expand(b, -1, -1)
+    mu = model.prior_mean(a_c)
     x = noise
     ts = torch.linspace(1.0, 0.0, steps + 1)
     for i in range(steps):
         t = ts[i].expand(b)
-        v = model.velocity(x, t, past_n, a_c, controls)
+        v = model.velocity(x, t, past_n, a_c, controls, mu)
         if cfg_scale != 1.0:
-            v_u = model.velocity(x, t, past_n, a_u, controls)
+            v_u = model.velocity(x, t, past_n, a_u, controls, mu)
             v = v_u + cfg_scale * (v - v_u)
         x = x + (ts[i + 1] - ts[i]) * v
-    return model.denormalise(x)
+    return model.denormalise(x + mu[:, 1:])
 
 
 class Student(nn.Module):

@@ -42,14 +42,27 @@ def flow_loss(model: MotionFlow, batch: dict[str, torch.Tensor], gen: torch.Gene
               ) -> torch.Tensor:
     cfg = model.cfg
     b = batch["target"].shape[0]
-    x0 = model.normalise(batch["target"])  # (B, W, M)
+    target = model.normalise(batch["target"])  # (B, W, M)
+    past_clean = model.normalise(batch["past"])  # (B, K, M)
+    audio = model.encode(batch["mel"])
+    mu = model.prior_mean(audio)  # (B, 1 + W, M) audio-only regression (zeros without a prior)
+    if cfg.prior:  # frame s − 1 is the last cached label (rest before the clip)
+        prev = past_clean[:, -1:] if cfg.cache else mu[:, :1].detach()
+        prior_loss = torch.mean((mu - torch.cat([prev, target], dim=1)) ** 2)
+    else:
+        prior_loss = torch.zeros(())
+    mu = mu.detach()  # the flow models the residual around a fixed μ
+    x0 = target - mu[:, 1:]
     eps = torch.randn(x0.shape, generator=gen)
     t = torch.sigmoid(torch.randn(b, generator=gen))  # logit-normal
     xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
-    past_n = noisy_past(model.normalise(batch["past"]), torch.ones(()), cfg.past_noise, gen)
+    past_n = noisy_past(past_clean, torch.ones(()),
+                        model.past_noise_scale(), gen)
     audio_on = (torch.rand(b, generator=gen) >= cfg.cond_drop).float()
-    v = model.velocity(xt, t, past_n, model.encode(batch["mel"], audio_on), batch["controls"])
-    return torch.mean((v - (eps - x0)) ** 2)
+    keep = audio_on[:, None, None]
+    audio = keep * audio + (1 - keep) * model.null_audio
+    v = model.velocity(xt, t, past_n, audio, batch["controls"], mu)
+    return torch.mean((v - (eps - x0)) ** 2) + cfg.prior_weight * prior_loss
 
 
 def save(path: Path, model: MotionFlow, extra: dict) -> None:

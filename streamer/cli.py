@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=int, default=512, help="face crop side in pixels (512)")
         p.add_argument("--full-frame", action="store_true",
                        help="paste the face back into the whole portrait")
-        p.add_argument("--driver", default="baseline", choices=("baseline", "learned"),
-                       help="motion driver: baseline, or learned (models/motion_generator.onnx)")
+        p.add_argument("--driver", default="learned", choices=("baseline", "learned"),
+                       help="motion driver: learned (models/motion_generator.onnx) or baseline")
         p.add_argument("--emotion", default="neutral",
                        help="neutral, happy, sad, surprised or angry")
         p.add_argument("--intensity", type=float, default=1.0, help="emotion intensity 0..1")

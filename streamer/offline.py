@@ -37,7 +37,7 @@ class RenderOptions:
     fps: int = 25
     size: int = DEFAULT_SIZE
     full_frame: bool = False
-    driver: str = "baseline"
+    driver: str = "learned"  # the distilled generator (docs/generator.md), or "baseline"
     emotion: str = "neutral"
     intensity: float = 1.0
     seed: int = 0

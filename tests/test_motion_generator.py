@@ -152,12 +152,7 @@ def test_split_api_batches_sessions(runner: GeneratorRunner, speech: np.ndarray)
         np.testing.assert_allclose(np.concatenate(outs[i]), solo[i], atol=1e-4)
 
 
-@pytest.mark.parametrize("level", [
-    None,
-    pytest.param(-40.0, marks=pytest.mark.xfail(
-        strict=False, reason="known miss: at −40 dBFS noise the student closes the mouth on "
-        "~86 % of frames, not 95 % (docs/generator.md)")),
-])
+@pytest.mark.parametrize("level", [None, -40.0])
 def test_silence_closed_mouth_living_idle(runner: GeneratorRunner, level: float | None
                                           ) -> None:
     seconds = 12.0
