@@ -104,7 +104,8 @@ def models_dir(cache_dir: Path | None = None) -> Path:
     return base / f"mediapipe-{MEDIAPIPE_VERSION}"
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (model files are checked against manifests)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK_BYTES):
@@ -120,7 +121,7 @@ def _is_valid(path: Path, model: ModelFile) -> bool:
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key in _verified:
         return True
-    if _sha256_file(path) != model.sha256:
+    if sha256_file(path) != model.sha256:
         return False
     _verified.add(key)
     return True

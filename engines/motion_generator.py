@@ -24,7 +24,6 @@ emitted, so any chunking followed by ``flush()`` equals the offline path bit for
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
+from engines.model_store import sha256_file
 from engines.motion import EMOTIONS, MOTION_DIM, RIG_VERSION, clip_motion, rest_motion
 
 if TYPE_CHECKING:
@@ -169,14 +169,6 @@ class GeneratorSpec:
             raise ManifestError(f"model takes {spec.control_dim} controls, runtime has "
                                 f"{len(CONTROL_NAMES)}")
         return spec
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_manifest(path: Path | str = DEFAULT_MANIFEST) -> dict:

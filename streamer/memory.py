@@ -20,14 +20,15 @@ MAX_HEAPS = 2
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc_function(name: str) -> Callable[[int, int], int] | Callable[[int], int] | None:
+    """``name`` from the C library when it is glibc on Linux, else None."""
     if not sys.platform.startswith("linux"):
         return None
-    name = ctypes.util.find_library("c")
-    if not name:
+    lib = ctypes.util.find_library("c")
+    if not lib:
         return None
     with contextlib.suppress(OSError, AttributeError):
-        fn: Callable[[int], int] = ctypes.CDLL(name).malloc_trim
+        fn: Callable[..., int] = getattr(ctypes.CDLL(lib), name)
         return fn
     return None
 
@@ -39,20 +40,14 @@ def limit_heaps(count: int = MAX_HEAPS) -> bool:
     fragments: with the inference workers, aiortc's encoder executor and the event loop that is
     a dozen heaps slowly filling with holes. A few shared heaps keep the holes reusable.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    with contextlib.suppress(OSError, AttributeError):
-        return bool(ctypes.CDLL(name).mallopt(M_ARENA_MAX, count))
-    return False
+    mallopt = _glibc_function("mallopt")
+    return bool(mallopt(M_ARENA_MAX, count)) if mallopt is not None else False  # type: ignore[call-arg]
 
 
 def release_free_heap() -> bool:
     """Return the free pages of every heap to the OS; True when glibc did it."""
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
-    trim(0)
+    trim(0)  # type: ignore[call-arg]
     return True

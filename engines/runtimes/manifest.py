@@ -8,7 +8,6 @@ is how a batch of 3 motions with 2 avatar indices is caught before it reaches an
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.model_store import sha256_file
 from engines.motion import RIG_VERSION
 from engines.runtimes.errors import InputMismatchError
 
@@ -25,14 +25,6 @@ Dim = int | str
 
 class ManifestMismatchError(ValueError):
     """The ONNX file is missing or does not match its manifest (sha256, rig version)."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
