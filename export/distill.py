@@ -29,7 +29,7 @@ import torch
 
 from export.dataset import WindowSampler, noisy_past
 from export.model import MotionFlow, Student, sample_euler
-from export.train import load, lr_at, save
+from export.train import budgeted_steps, load, save
 
 PAIR_BATCH = 512
 
@@ -75,14 +75,8 @@ def distill(teacher_path: Path, corpus: Path, out: Path, n_pairs: int, steps: in
     gen = torch.Generator().manual_seed(seed + 2)
     std = teacher.std
     history, running, done = [], 0.0, 0
-    t_train, budget = time.perf_counter(), 60.0 * max_minutes
-    for step in range(steps):
-        frac = (time.perf_counter() - t_train) / budget if budget else 0.0
-        if frac >= 1.0:
-            break
+    for step in budgeted_steps(opt, steps, lr, max_minutes):
         done = step + 1
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, frac)
         idx = torch.randint(0, n_pairs, (batch,), generator=gen)
         pred = student(pairs["mel"][idx], pairs["past"][idx], pairs["controls"][idx],
                        pairs["noise"][idx])

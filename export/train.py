@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,6 +37,20 @@ def lr_at(step: int, total: int, peak: float, time_fraction: float = 0.0) -> flo
         return peak * (step + 1) / WARMUP_STEPS
     u = max((step - WARMUP_STEPS) / max(1, total - WARMUP_STEPS), time_fraction)
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, u))))
+
+
+def budgeted_steps(opt: torch.optim.Optimizer, steps: int, peak_lr: float,
+                   max_minutes: float) -> Iterator[int]:
+    """Step indices until ``steps`` or the wall-clock budget runs out (0 = no budget), each
+    with the optimiser's learning rate set by :func:`lr_at` for that step and time."""
+    t0, budget = time.perf_counter(), 60.0 * max_minutes
+    for step in range(steps):
+        frac = (time.perf_counter() - t0) / budget if budget else 0.0
+        if frac >= 1.0:
+            return
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, peak_lr, frac)
+        yield step
 
 
 def flow_loss(model: MotionFlow, batch: dict[str, torch.Tensor], gen: torch.Generator
@@ -96,15 +111,9 @@ def train(corpus: Path, out: Path, cfg: GeneratorConfig, steps: int, batch: int,
     ema = copy.deepcopy(model).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     history, t0, running = [], time.perf_counter(), 0.0
-    budget = 60.0 * max_minutes
     done = 0
-    for step in range(steps):
-        frac = (time.perf_counter() - t0) / budget if budget else 0.0
-        if frac >= 1.0:
-            break
+    for step in budgeted_steps(opt, steps, lr, max_minutes):
         done = step + 1
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, frac)
         loss = flow_loss(model, data.sample(batch, rng), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
