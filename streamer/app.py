@@ -84,6 +84,15 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
                         headers=headers)
 
 
+def _refuse_declared_oversize(request: Request, limit: int, code: str) -> None:
+    """Refuse an upload whose declared length exceeds ``limit`` (+ 64 KiB of multipart
+    overhead) before reading it; the read itself is bounded again by the caller."""
+    length = int(request.headers.get("content-length") or 0)
+    if length > limit + 64 * 1024:
+        raise TooLarge(f"upload is {length / 2**20:.1f} MiB; the limit is "
+                       f"{limit // 2**20} MiB", code=code)
+
+
 def create_app(manager: SessionManager, token: str | None = None,
                cors_origins: tuple[str, ...] = (), max_upload: int = 25 * 2**20,
                lifespan: Any = None) -> FastAPI:
@@ -178,10 +187,7 @@ def create_app(manager: SessionManager, token: str | None = None,
         record_consent = ConsentRecord.now(
             by=(consent_by or "").strip() or "unnamed uploader",
             address=request.client.host if request.client else "unknown")
-        length = int(request.headers.get("content-length") or 0)
-        if length > max_upload + 64 * 1024:
-            raise TooLarge(f"upload is {length / 2**20:.1f} MiB; the limit is "
-                           f"{max_upload // 2**20} MiB", code="image_too_large")
+        _refuse_declared_oversize(request, max_upload, "image_too_large")
         data = await image.read(max_upload + 1)
         if len(data) > max_upload:
             raise TooLarge(f"upload exceeds {max_upload // 2**20} MiB", code="image_too_large")
@@ -303,10 +309,7 @@ def create_app(manager: SessionManager, token: str | None = None,
         """Is this video or image marked by Vivify? Same answer as ``vivify verify --json``."""
         from streamer.verify import VerifyInputError, verify_file
 
-        length = int(request.headers.get("content-length") or 0)
-        if length > MAX_VERIFY_BYTES + 64 * 1024:
-            raise TooLarge(f"upload is {length / 2**20:.1f} MiB; the limit is "
-                           f"{MAX_VERIFY_BYTES // 2**20} MiB", code="file_too_large")
+        _refuse_declared_oversize(request, MAX_VERIFY_BYTES, "file_too_large")
         if file.size is not None and file.size > MAX_VERIFY_BYTES:
             raise TooLarge(f"upload exceeds {MAX_VERIFY_BYTES // 2**20} MiB",
                            code="file_too_large")

@@ -76,6 +76,16 @@ class Controls:
         vec[INDEX["head_scale"]] += DISTANCE_GAIN * self.distance
         return vec
 
+    def model_input(self) -> np.ndarray:
+        """The same signals as the learned generator's control input, which it follows itself
+        (no offset is added to its motion)."""
+        from engines.motion_generator import control_vector
+
+        gaze = ((float(np.clip(self.gaze[0], -1, 1)), float(np.clip(self.gaze[1], -1, 1)))
+                if self.gaze else (0.0, 0.0))
+        return control_vector(gaze, float(np.clip(self.distance, -1, 1)), self.emotion,
+                              self.intensity)
+
 
 @dataclass
 class MediaStats:
@@ -313,13 +323,7 @@ class SessionMedia:
         """The offset added to the driver's motion. A model that takes the controls as input
         (the learned generator) gets them there instead, and the offset is zero."""
         if isinstance(self.driver, BatchableDriver):
-            from engines.motion_generator import control_vector
-
-            c = self.controls
-            gaze = (float(np.clip(c.gaze[0], -1, 1)), float(np.clip(c.gaze[1], -1, 1))
-                    ) if c.gaze else (0.0, 0.0)
-            self.driver.controls = control_vector(gaze, float(np.clip(c.distance, -1, 1)),
-                                                  c.emotion, c.intensity)
+            self.driver.controls = self.controls.model_input()
             return np.zeros(MOTION_DIM, np.float32)
         return self.controls.offset()
 
