@@ -1,9 +1,11 @@
-"""Hand freed heap memory back to the OS (glibc's ``malloc_trim``), after a session closes.
+"""The server's two allocator settings: few heaps, and freed memory handed back to the OS.
 
 Sessions allocate megabyte-sized buffers (frames, flow maps, codec buffers) in worker threads;
 glibc keeps what those threads free in per-thread heaps for reuse and returns it to the OS
-only when asked. Called after the post-close garbage collection, so the server's RSS follows
-its live sessions instead of its busiest moment. A no-op where glibc is not the allocator.
+only when asked. ``limit_heaps`` (at start) keeps the heaps few; ``release_free_heap`` (after
+the post-close garbage collection) makes the server's RSS follow its live sessions instead of
+its busiest moment. Measured in docs/benchmarks.md (soak). No-ops where glibc is not the
+allocator.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ MAX_HEAPS = 2
 
 
 @functools.cache
-def _glibc_function(name: str) -> Callable[[int, int], int] | Callable[[int], int] | None:
+def _glibc_function(name: str) -> Callable[..., int] | None:
     """``name`` from the C library when it is glibc on Linux, else None."""
     if not sys.platform.startswith("linux"):
         return None
@@ -41,7 +43,7 @@ def limit_heaps(count: int = MAX_HEAPS) -> bool:
     a dozen heaps slowly filling with holes. A few shared heaps keep the holes reusable.
     """
     mallopt = _glibc_function("mallopt")
-    return bool(mallopt(M_ARENA_MAX, count)) if mallopt is not None else False  # type: ignore[call-arg]
+    return bool(mallopt(M_ARENA_MAX, count)) if mallopt is not None else False
 
 
 def release_free_heap() -> bool:
@@ -49,5 +51,5 @@ def release_free_heap() -> bool:
     trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
-    trim(0)  # type: ignore[call-arg]
+    trim(0)
     return True
