@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.graph_renderer import to_uint8
 from engines.motion import motion
 from engines.runtimes import ModelManifest, Runner, create_runner, probe, select_runtime
 from engines.runtimes.renderer_bank import BANK_INPUTS, build_bank, renderer_feeds
@@ -60,10 +61,6 @@ def golden_motions(n: int = CLIP_FRAMES) -> np.ndarray:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
 def runners_here(manifest: ModelManifest) -> dict[str, Runner]:

@@ -78,6 +78,15 @@ class SpeakRequest(BaseModel):
     voice: str = Field("en-us", pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})*(\+[a-z0-9]+)?$")
 
 
+def _renderer_health(manager: SessionManager) -> dict[str, Any]:
+    """Which renderer serves, and for the graph its runtime, batching and attached avatars."""
+    graph, batcher = manager.graph, manager.render_batcher
+    if graph is None or batcher is None:
+        return {"kind": "cpu"}
+    return {"kind": "graph", "runtime": graph.runtime, "avatars": len(graph.avatars),
+            "cpu_fallbacks": manager.graph_fallbacks, "batching": batcher.stats.as_dict()}
+
+
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
            ) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
@@ -117,6 +126,10 @@ def create_app(manager: SessionManager, token: str | None = None,
                             registry=registry)
     g_batch_largest = Gauge("vivify_generator_batch_largest", "largest batch so far",
                             registry=registry)
+    g_render_calls = Gauge("vivify_render_batch_calls", "renderer graph calls (--renderer graph)",
+                           registry=registry)
+    g_render_frames = Gauge("vivify_render_batch_frames", "frames rendered by the graph",
+                            registry=registry)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -152,7 +165,8 @@ def create_app(manager: SessionManager, token: str | None = None,
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "sessions": len(manager.sessions), "capacity": manager.capacity,
                 "driver": manager.config.driver,
-                "batching": manager.batcher.stats.as_dict() if manager.batcher else None}
+                "batching": manager.batcher.stats.as_dict() if manager.batcher else None,
+                "renderer": _renderer_health(manager)}
 
     @app.get("/metrics", tags=["ops"])
     async def metrics() -> Response:
@@ -169,6 +183,9 @@ def create_app(manager: SessionManager, token: str | None = None,
             g_batch_calls.set(manager.batcher.stats.calls)
             g_batch_windows.set(manager.batcher.stats.windows)
             g_batch_largest.set(manager.batcher.stats.largest)
+        if manager.render_batcher is not None:
+            g_render_calls.set(manager.render_batcher.stats.calls)
+            g_render_frames.set(manager.render_batcher.stats.windows)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ avatars

@@ -95,7 +95,7 @@ class WindowBatcher:
                 outs = await self.scheduler.run(
                     functools.partial(self.runner.infer_requests, requests))
             except Exception as exc:  # every waiting session hears of it; the loop goes on
-                log.warning("batched generator call failed for %d windows: %s", len(batch), exc)
+                log.warning("batched engine call failed for %d requests: %s", len(batch), exc)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)

@@ -103,7 +103,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         cors_origins=tuple(args.cors) if args.cors else None,
         max_sessions=args.max_sessions, workers=args.workers,
         disclosure_label=args.label, label_text=args.label_text, driver=args.driver,
-        runtime=args.runtime)
+        runtime=args.runtime, renderer=args.renderer,
+        renderer_model=Path(args.renderer_model) if args.renderer_model else None,
+        renderer_runtime=args.renderer_runtime)
     return serve(config)
 
 
@@ -167,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", default=None,
                    help="learned driver's engine (VIVIFY_RUNTIME): auto (best present, logged), "
                         "ort-cpu, ort-cuda, ort-tensorrt, tensorrt or torch-cuda")
+    p.add_argument("--renderer", choices=("cpu", "graph"), default=None,
+                   help="renderer (VIVIFY_RENDERER, cpu): cpu = the numpy renderer per session; "
+                        "graph = the exported renderer graph, all sessions' frames batched into "
+                        "one call (for GPU runtimes; run `vivify export` first)")
+    p.add_argument("--renderer-model", default=None,
+                   help="the graph's manifest (VIVIFY_RENDERER_MODEL, "
+                        "artifacts/engines/renderer.json)")
+    p.add_argument("--renderer-runtime", default=None,
+                   help="the graph's engine (VIVIFY_RENDERER_RUNTIME), as --runtime")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="render a demo clip of the default avatar")
@@ -189,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     except AvatarInputError as exc:
         print(f"vivify: portrait rejected ({exc.code}): {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        # RuntimeError: a runtime or exported model that `vivify serve` was told to use is
+        # missing (engines.runtimes.MissingRuntimeError, GraphUnavailableError): say which.
         print(f"vivify: {exc}", file=sys.stderr)
         return 2
 

@@ -38,6 +38,12 @@ class ServerConfig:
     driver: str = "baseline"  # motion driver: baseline, or learned (batched across sessions)
     max_batch: int = 32  # learned driver: windows per engine call at most
     runtime: str = "auto"  # learned driver's engine: auto, or a name in engines.runtimes.RUNTIMES
+    # Renderer: "cpu" = the numpy renderer per session (fastest on a CPU); "graph" = the
+    # exported renderer graph, every session's frames batched into one call (the GPU path).
+    renderer: str = "cpu"
+    renderer_model: Path = Path("artifacts/engines/renderer.json")  # made by `vivify export`
+    renderer_runtime: str = "auto"  # the graph's engine, as `runtime`
+    max_render_batch: int = 64  # graph renderer: frames per call at most
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
@@ -51,6 +57,10 @@ class ServerConfig:
             raise ValueError(f"size must be a multiple of 16 within 128..1024, got {self.size}")
         if self.driver not in ("baseline", "learned"):
             raise ValueError(f"driver must be baseline or learned, got {self.driver!r}")
+        if self.renderer not in ("cpu", "graph"):
+            raise ValueError(f"renderer must be cpu or graph, got {self.renderer!r}")
+        if not 1 <= self.max_render_batch <= 256:
+            raise ValueError(f"max_render_batch must be within 1..256, got {self.max_render_batch}")
         if not 1 <= self.max_batch <= 256:
             raise ValueError(f"max_batch must be within 1..256, got {self.max_batch}")
         if self.disclosure_label not in ("client", "always", "never"):
@@ -74,6 +84,9 @@ class ServerConfig:
             "disclosure_label": _env("LABEL", cls.disclosure_label),
             "driver": _env("DRIVER", cls.driver),
             "runtime": _env("RUNTIME", cls.runtime),
+            "renderer": _env("RENDERER", cls.renderer),
+            "renderer_model": Path(_env("RENDERER_MODEL", str(cls.renderer_model))),
+            "renderer_runtime": _env("RENDERER_RUNTIME", cls.renderer_runtime),
             "playout_depth_frames": int(_env("PLAYOUT_DEPTH", str(cls.playout_depth_frames))),
             "audio_prefetch_frames": int(_env("AUDIO_PREFETCH",
                                               str(cls.audio_prefetch_frames))),

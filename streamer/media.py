@@ -28,6 +28,7 @@ import numpy as np
 
 from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from engines.driver import BatchableDriver, MotionDriver
+from engines.graph_renderer import RenderRequest
 from engines.motion import INDEX, MOTION_DIM, clip_motion, emotion_offset
 from engines.provenance import ProvenanceStamp
 from engines.renderer import Renderer
@@ -136,12 +137,19 @@ class SessionMedia:
                  clock: Clock, depth: int = 3, live: bool = True,
                  on_event: Events | None = None, max_buffer_seconds: float = 120.0,
                  stamp: ProvenanceStamp | None = None,
-                 batcher: WindowBatcher | None = None) -> None:
+                 batcher: WindowBatcher | None = None,
+                 render_batcher: WindowBatcher | None = None, render_key: str = "") -> None:
         self.renderer = renderer
         self.stamp = stamp  # watermark (+ label): applied to every frame this session shows
         # The learned generator's windows go through the shared batcher (one engine call for
         # all sessions); any other driver runs inside this session's worker step.
         self.batcher = batcher if isinstance(driver, BatchableDriver) else None
+        # With the renderer graph (``vivify serve --renderer graph``) this session's frames go
+        # through a second shared batcher, one graph call for the frames of every session;
+        # ``renderer`` then only supplies the idle image. ``render_key`` names the avatar in
+        # the graph's bank.
+        self.render_batcher = render_batcher
+        self.render_key = render_key
         self.driver = driver
         self.scheduler = scheduler
         self.clock = clock
@@ -306,18 +314,30 @@ class SessionMedia:
     async def _advance(self, block: np.ndarray) -> list[np.ndarray]:
         """One 40 ms block through the driver and the renderer (off the loop)."""
         offset = self._control_inputs()
-        if self.batcher is None:
+        if self.batcher is None and self.render_batcher is None:  # one worker hop for both
             return list(await self.scheduler.run(functools.partial(self._step, block, offset)))
+        motions = await self._motions(block)
+        if not len(motions):
+            return []
+        if self.render_batcher is None:
+            return list(await self.scheduler.run(
+                functools.partial(self._render, motions, offset)))
+        batcher = self.render_batcher
+        return list(await asyncio.gather(*(
+            batcher.infer(RenderRequest(self.render_key, clip_motion(m + offset), self.stamp))
+            for m in motions)))
+
+    async def _motions(self, block: np.ndarray) -> np.ndarray:
+        """The motion frames ``block`` completes: through the shared generator batcher, or
+        the session's own driver on a worker."""
         driver = self.driver
-        assert isinstance(driver, BatchableDriver)
+        if self.batcher is None or not isinstance(driver, BatchableDriver):
+            return np.asarray(await self.scheduler.run(functools.partial(driver.push, block)))
         driver.add_audio(block)
         motions = []
         while (request := driver.ready_request()) is not None:
             motions.append(driver.accept(await self.batcher.infer(request)))
-        if not motions:
-            return []
-        return list(await self.scheduler.run(
-            functools.partial(self._render, np.concatenate(motions), offset)))
+        return np.concatenate(motions) if motions else np.zeros((0, MOTION_DIM), np.float32)
 
     def _control_inputs(self) -> np.ndarray:
         """The offset added to the driver's motion. A model that takes the controls as input

@@ -23,9 +23,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 
 from engines.driver import MotionDriver
+from engines.graph_renderer import GraphRenderer
 from streamer.app import create_app
 from streamer.avatars import AvatarStore
 from streamer.batcher import WindowBatcher
@@ -51,7 +53,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
-def measure_capacity(store: AvatarStore, workers: int, renderer: Any) -> int:
+def measure_capacity(store: AvatarStore, workers: int, renderer: Any,
+                     graph: GraphRenderer | None = None) -> int:
     """Sessions this machine can run in real time (see the module docstring)."""
     import av
     from aiortc.codecs.vpx import Vp8Encoder
@@ -64,6 +67,8 @@ def measure_capacity(store: AvatarStore, workers: int, renderer: Any) -> int:
     for p in poses * 3:
         renderer.render(p)
     render_s = (time.perf_counter() - t0) / (3 * len(poses))
+    if graph is not None:
+        render_s = _graph_frame_seconds(graph, renderer.pack, np.stack(poses))
     encoder = Vp8Encoder()  # what aiortc itself uses for VP8
     for f in frames[:3]:
         encoder.encode(av.VideoFrame.from_ndarray(f, format="rgb24"))
@@ -71,7 +76,8 @@ def measure_capacity(store: AvatarStore, workers: int, renderer: Any) -> int:
     for f in frames * 2:
         encoder.encode(av.VideoFrame.from_ndarray(f, format="rgb24"))
     encode_s = (time.perf_counter() - t0) / (2 * len(frames))
-    by_workers = workers * HEADROOM / (25 * (render_s + 0.0002))
+    render_workers = 1 if graph is not None else workers  # the graph runs one call at a time
+    by_workers = render_workers * HEADROOM / (25 * (render_s + 0.0002))
     by_loop = HEADROOM / (25 * (encode_s + 0.002))  # + ~2 ms of RTP/asyncio work per frame
     # All of it shares the machine's cores, with work the two probes do not time (Opus both
     # ways, SRTP, resampling, the watermark, pacing): measured by `make bench` as ~0.2 cores
@@ -82,6 +88,20 @@ def measure_capacity(store: AvatarStore, workers: int, renderer: Any) -> int:
     log.info("capacity %d sessions (render %.1f ms, VP8 encode %.1f ms per frame)", cap,
              render_s * 1e3, encode_s * 1e3)
     return cap
+
+
+def _graph_frame_seconds(graph: GraphRenderer, pack: Any, poses: np.ndarray) -> float:
+    """The graph renderer's time per frame in a batch of ``len(poses)`` (one call renders
+    every session's next frame, so that is what a session costs it)."""
+    key = "capacity-probe"
+    graph.attach(key, pack)
+    try:
+        graph.render(poses, [key] * len(poses))  # warm-up (a CUDA graph capture, autotune)
+        t0 = time.perf_counter()
+        graph.render(poses, [key] * len(poses))
+        return (time.perf_counter() - t0) / len(poses)
+    finally:
+        graph.detach(key)
 
 
 def _drivers(config: ServerConfig, scheduler: InferenceScheduler
@@ -101,6 +121,21 @@ def _drivers(config: ServerConfig, scheduler: InferenceScheduler
             WindowBatcher(runner, scheduler, max_batch=config.max_batch))
 
 
+def _graph_batcher(config: ServerConfig, scheduler: InferenceScheduler) -> WindowBatcher | None:
+    """With ``--renderer graph``: the renderer graph on its runtime behind a shared batcher."""
+    if config.renderer != "graph":
+        return None
+    from engines.graph_renderer import GraphRenderer
+
+    # One render call at a time holds the engine, so on a CPU runtime it may use every core.
+    graph = GraphRenderer.load(config.renderer_model, config.renderer_runtime,
+                               threads=config.workers)
+    log.info("renderer graph: %s on %s, at most %d frames per call", config.renderer_model,
+             graph.runtime, min(config.max_render_batch, graph.max_batch))
+    return WindowBatcher(graph, scheduler, max_batch=min(config.max_render_batch,
+                                                         graph.max_batch))
+
+
 def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, SessionManager]:
     from threadpoolctl import threadpool_limits
 
@@ -115,9 +150,11 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
     store = AvatarStore(root / "server", size=config.size)
     scheduler = InferenceScheduler(workers=config.workers)
     driver_factory, batcher = _drivers(config, scheduler)
+    render_batcher = _graph_batcher(config, scheduler)
     manager = SessionManager(config, store, scheduler, MonotonicClock(),
                              capacity=max(config.max_sessions, 1),
-                             driver_factory=driver_factory, batcher=batcher)
+                             driver_factory=driver_factory, batcher=batcher,
+                             render_batcher=render_batcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,7 +163,7 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
         await store.ensure_default()
         if config.max_sessions <= 0:
             renderer = await store.renderer("default")
-            manager.capacity = measure_capacity(store, config.workers, renderer)
+            manager.capacity = measure_capacity(store, config.workers, renderer, manager.graph)
         # Everything loaded so far (modules, models, the default avatar) lives as long as the
         # process: take it out of the collector's view, so the full collection after each
         # session close walks only session objects (~5 ms instead of ~65 ms, measured).
@@ -137,9 +174,12 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
             yield
         finally:
             await manager.close_all()
-            if batcher is not None:
-                await batcher.aclose()
+            for b in (batcher, render_batcher):
+                if b is not None:
+                    await b.aclose()
             scheduler.close()
+            if manager.graph is not None:
+                manager.graph.close()
 
     app = create_app(manager, token=config.token, cors_origins=config.cors_origins,
                      max_upload=config.max_upload_bytes, lifespan=lifespan)

@@ -27,6 +27,7 @@ from engines.audio_io import SAMPLE_RATE
 from engines.baseline_driver import BaselineConfig, BaselineDriver
 from engines.disclosure import DisclosureConfig
 from engines.driver import MotionDriver
+from engines.graph_renderer import GraphRenderer
 from engines.provenance import ProvenanceStamp
 from streamer.avatars import AvatarStore
 from streamer.batcher import WindowBatcher
@@ -284,6 +285,7 @@ class Session:
             await self.fanout.aclose()
             self.fanout = None
         await self.media.aclose()
+        self.manager._release_render(self)
         pcs = [p for p in [self.pc, *self.viewers.values()] if p is not None]
         self.viewers.clear()
         for pc in pcs:
@@ -299,7 +301,8 @@ class SessionManager:
     def __init__(self, config: ServerConfig, avatars: AvatarStore, scheduler: InferenceScheduler,
                  clock: Clock, capacity: int,
                  driver_factory: Callable[[], MotionDriver] | None = None,
-                 batcher: WindowBatcher | None = None) -> None:
+                 batcher: WindowBatcher | None = None,
+                 render_batcher: WindowBatcher | None = None) -> None:
         self.config = config
         self.avatars = avatars
         self.scheduler = scheduler
@@ -308,6 +311,10 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.driver_factory = driver_factory or (lambda: BaselineDriver(BaselineConfig()))
         self.batcher = batcher  # shared by every session whose driver can be batched
+        # With ``--renderer graph``: the renderer graph's batcher (its runner a GraphRenderer);
+        # a session whose avatar the graph cannot take renders on the CPU renderer instead.
+        self.render_batcher = render_batcher
+        self.graph_fallbacks = 0
         self.created_total = 0
         self._gc_pending = False
 
@@ -331,11 +338,13 @@ class SessionManager:
         session_id = uuid.uuid4().hex
         stamp = ProvenanceStamp(session_id, DisclosureConfig(text=self.config.label_text)
                                 if self.wants_label(label) else None)
+        render_batcher = await self._attach_render(avatar, renderer.pack)
         media = SessionMedia(renderer, self.driver_factory(), self.scheduler, self.clock,
                              depth=self.config.playout_depth_frames, live=(mode == "mirror"),
                              on_event=lambda e: holder["s"].emit(e),
                              max_buffer_seconds=self.config.max_ws_buffer_seconds, stamp=stamp,
-                             batcher=self.batcher)
+                             batcher=self.batcher, render_batcher=render_batcher,
+                             render_key=avatar)
         session = Session(self, avatar, mode, video, media, session_id)
         holder["s"] = session
         self.sessions[session.id] = session
@@ -347,6 +356,29 @@ class SessionManager:
             await session.aclose("negotiation failed")
             raise
         return session, answer
+
+    @property
+    def graph(self) -> GraphRenderer | None:
+        runner = self.render_batcher.runner if self.render_batcher else None
+        return runner if isinstance(runner, GraphRenderer) else None
+
+    async def _attach_render(self, avatar: str, pack: Any) -> WindowBatcher | None:
+        """The render batcher for a new session of ``avatar``, or None (CPU renderer)."""
+        graph = self.graph
+        if graph is None:
+            return None
+        try:
+            await self.scheduler.run(lambda: graph.attach(avatar, pack))
+        except ValueError as exc:
+            self.graph_fallbacks += 1
+            log.warning("avatar %s renders on the CPU renderer: %s", avatar, exc)
+            return None
+        return self.render_batcher
+
+    def _release_render(self, session: Session) -> None:
+        graph = self.graph
+        if graph is not None and session.media.render_batcher is not None:
+            graph.detach(session.media.render_key)
 
     def get(self, session_id: str) -> Session:
         try:

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
+from engines.graph_renderer import to_uint8  # noqa: E402
 from engines.motion import motion, rest_motion  # noqa: E402
 from engines.runtimes import ModelManifest, create_runner  # noqa: E402
 from engines.runtimes.renderer_bank import (  # noqa: E402
@@ -20,7 +21,7 @@ from engines.runtimes.renderer_bank import (  # noqa: E402
     renderer_feeds,
 )
 from export.engine_export import INPUT_NAMES, export_renderer, inspect  # noqa: E402
-from export.parity import psnr, to_uint8  # noqa: E402
+from export.parity import psnr  # noqa: E402
 from export.renderer_graph import RendererGraph  # noqa: E402
 
 MOTIONS = {
