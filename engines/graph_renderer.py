@@ -33,6 +33,7 @@ from engines.motion import MOTION_DIM
 from engines.provenance import ProvenanceStamp
 from engines.runtimes import ModelManifest, Runner, create_runner
 from engines.runtimes.renderer_bank import BANK_INPUTS, GraphGeometry, avatar_entry
+from engines.runtimes.torch_runner import TorchRunner  # imports torch only when activated
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,10 @@ class GraphRenderer:
             except KeyError as exc:
                 raise KeyError(f"avatar {exc.args[0]!r} is not attached to the renderer graph"
                                ) from None
-            image = self.runner.infer({"motion": motions, "avatar": rows})["image"]
+            feeds = {"motion": motions, "avatar": rows}
+            if isinstance(self.runner, TorchRunner):  # frames become uint8 on the device
+                return self.runner.infer_uint8(feeds, "image")
+            image = self.runner.infer(feeds)["image"]
         return to_uint8(image)
 
     def infer_requests(self, requests: list[RenderRequest]) -> list[np.ndarray]:

@@ -67,6 +67,25 @@ def test_frames_match_the_cpu_renderer(graph: GraphRenderer, pack, renderer) -> 
     assert not np.array_equal(frames[1], pack.crop)
 
 
+def test_torch_twin_makes_the_same_uint8_frames(manifest_path: Path, graph: GraphRenderer,  # type: ignore[no-untyped-def]
+                                               pack) -> None:
+    """The torch runner (the CUDA path, here on the CPU) casts to uint8 on its device."""
+    from engines.runtimes import ModelManifest
+    from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+
+    twin = GraphRenderer(TorchRunner(ModelManifest.load(manifest_path), TorchConfig(device="cpu")),
+                         graph.geometry)
+    try:
+        for g in (graph, twin):
+            g.attach("a", pack)
+        motions = np.stack([SPEECH, rest_motion()])
+        got, ref = twin.render(motions, ["a", "a"]), graph.render(motions, ["a", "a"])
+    finally:
+        twin.close()
+    assert got.dtype == np.uint8 and got.shape == ref.shape
+    assert np.quantile(np.abs(got.astype(int) - ref), 0.999) <= 1
+
+
 def test_one_call_mixes_avatars_and_stamps_each_session(graph: GraphRenderer, pack) -> None:  # type: ignore[no-untyped-def]
     other = _inverted(pack)
     graph.attach("a", pack)
