@@ -204,3 +204,13 @@ def test_session_media_on_the_graph_matches_the_cpu_renderer(graph: GraphRendere
     assert any(not np.array_equal(p.image, ref[0].image) for p in ref)  # the mouth moved
     found = detect_frames([p.image for p in got[:8]])
     assert found.present and found.payload is not None
+
+
+def test_serve_without_an_exported_graph_exits_2(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.cli import main
+
+    code = main(["serve", "--renderer", "graph", "--renderer-model",
+                 str(tmp_path / "renderer.json"), "--port", "18099"])
+    assert code == 2
+    assert "vivify export" in capsys.readouterr().err
