@@ -23,6 +23,7 @@ import torch
 
 from engines.motion import RIG_VERSION
 from engines.motion_generator import DEFAULT_MANIFEST, load_manifest, sha256_file
+from engines.runtimes.precision import geometry_nodes
 from engines.runtimes.renderer_bank import (
     BANK_INPUTS,
     BANK_VERSION,
@@ -95,6 +96,8 @@ def export_renderer(out_dir: Path = DEFAULT_OUT, geometry: GraphGeometry | None 
         "outputs": geo.output_shapes(),
         "dtypes": dict(INPUT_DTYPES),
         "operators": sorted({n.op_type for n in model.graph.node}),
+        # fp16 TensorRT engines keep these (no pixel input upstream) in fp32: precision.py
+        "fp32_layers": geometry_nodes(model),
         "torch_factory": TORCH_FACTORY,
         "torch": torch.__version__,
         "onnx": onnx.__version__,

@@ -50,6 +50,7 @@ class EngineCacheKey:
     compute_capability: str
     fp16: bool
     profile: str
+    precision: str = "all"  # which layers fp16 may touch: "all", or "pixels" (fp32 geometry)
 
     def digest(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -61,6 +62,7 @@ class TensorRTConfig:
     """Build options; ``cache_dir`` holds engines and the shared timing cache."""
 
     fp16: bool = True
+    fp32_geometry: bool = True  # fp16 engines keep the manifest's fp32_layers in fp32
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     cache_dir: Path = Path("artifacts/engines/tensorrt")
     workspace_bytes: int = 4 << 30
@@ -120,7 +122,14 @@ class TensorRTRunner(Runner):
         gpu = self._gpu or gpu_identity()
         return EngineCacheKey(onnx_sha256=self.manifest.sha256, tensorrt_version=tensorrt_version,
                               gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                              fp16=self.config.fp16, profile=self.config.profile.key())
+                              fp16=self.config.fp16, profile=self.config.profile.key(),
+                              precision="pixels" if self.geometry_layers() else "all")
+
+    def geometry_layers(self) -> list[str]:
+        """The ONNX nodes to keep in fp32 in an fp16 engine (engines/runtimes/precision.py)."""
+        if not (self.config.fp16 and self.config.fp32_geometry):
+            return []
+        return list(self.manifest.raw.get("fp32_layers", []))
 
     def _activate(self) -> None:
         try:
@@ -135,6 +144,7 @@ class TensorRTRunner(Runner):
                 EngineFromBytes,
                 EngineFromNetwork,
                 NetworkFromOnnxPath,
+                PostprocessNetwork,
                 Profile,
                 SaveEngine,
                 TrtRunner,
@@ -154,9 +164,17 @@ class TensorRTRunner(Runner):
             for name, (lo, opt, hi) in profile_shapes(self.manifest, self.config.profile).items():
                 profile.add(name, min=lo, opt=opt, max=hi)
             timing = str(cache / "timing.cache")
+            parsed: Any = NetworkFromOnnxPath(str(self.manifest.onnx_path))
+            fp32 = self.geometry_layers()
+            if fp32:
+                from engines.runtimes.precision import keep_fp32
+
+                parsed = PostprocessNetwork(  # Polygraphy passes the parsed `network=` by name
+                    parsed, lambda network: keep_fp32(network, fp32, trt), name="fp32-geometry")
             build = EngineFromNetwork(
-                NetworkFromOnnxPath(str(self.manifest.onnx_path)),
+                parsed,
                 config=CreateConfig(fp16=self.config.fp16, profiles=[profile],
+                                    precision_constraints="prefer" if fp32 else None,
                                     load_timing_cache=timing,
                                     memory_pool_limits={
                                         trt.MemoryPoolType.WORKSPACE: self.config.workspace_bytes}),
