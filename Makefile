@@ -132,3 +132,9 @@ eval: export-deps
 .PHONY: parity
 parity: export-deps
 	OMP_NUM_THREADS=1 $(PY) -m export.parity --out artifacts/parity
+
+# Full per-frame pipeline (generator → renderer graph → uint8 frames on the host) vs batch, on the
+# best runtime present (torch CUDA + CUDA graphs on a GPU host); JSON in bench/results/.
+.PHONY: bench-pipeline
+bench-pipeline: export-deps
+	$(PY) -m bench.pipeline $(PIPELINE_FLAGS)

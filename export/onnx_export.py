@@ -64,6 +64,7 @@ def export(student_path: Path, out_dir: Path, name: str = "motion_generator") ->
         "bytes": onnx_path.stat().st_size,
         "rig_version": cfg.rig_version,
         "opset": OPSET,
+        "torch_factory": "export.generator_twin:GeneratorTwin",
         "config": asdict(cfg),
         "inputs": {
             "mel": ["batch", cfg.context_frames * cfg.mels_per_frame, cfg.n_mels],

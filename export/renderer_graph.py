@@ -21,6 +21,10 @@ Why it looks like this:
   fill is a vertical distance ramp, then the same 3×3 Gaussian as ``cv2.GaussianBlur``. This
   is the one deliberate approximation (``cv2.fillPoly``'s exact coverage is not a graph op).
 * **Fixed layer regions** (``engines.runtimes.renderer_bank``) keep every shape static.
+* **Device-clean** (for the torch runner on CUDA, under CUDA graphs): every constant —
+  index lists, one-hot paste matrices, the blur kernel — is a buffer made in ``__init__`` (it
+  moves with ``.to(device)``), and ``arange`` is told the inputs' device; ``forward`` never
+  builds a tensor from host data, which a CUDA-graph capture forbids (it would be a copy).
 """
 
 from __future__ import annotations
@@ -48,6 +52,16 @@ from engines.warp import FIXED_POINT_STEPS, MIN_NEWTON_DET
 REMAP_SUBPIXEL = 32.0  # cv2.remap's INTER_TAB_SIZE: float maps are rounded to 1/32 px
 _UI, _LI = list(ft.LIPS_UPPER_INNER), list(ft.LIPS_LOWER_INNER)
 _UO, _LO = list(ft.LIPS_UPPER_OUTER), list(ft.LIPS_LOWER_OUTER)
+# Point index sets the graph gathers or pastes, each a buffer ``ix_<name>`` (and for pastes
+# ``onehot_<name>`` / ``keep_<name>``) of RendererGraph.
+INDEX_SETS = {
+    "ui": _UI, "li": _LI, "ui_mid": _UI[1:-1], "li_mid": _LI[1:-1],
+    "uo_mid": _UO[1:-1], "lo_mid": _LO[1:-1],
+    "r_up": list(ft.RIGHT_EYE_UPPER), "r_lo": list(ft.RIGHT_EYE_LOWER),
+    "l_up": list(ft.LEFT_EYE_UPPER), "l_lo": list(ft.LEFT_EYE_LOWER),
+    "r_ring": list(ft.RIGHT_IRIS[1:]), "l_ring": list(ft.LEFT_IRIS[1:]),
+}
+PASTED = ("ui_mid", "li_mid", "uo_mid", "lo_mid")  # sets written with _add_at / _replace
 
 
 def _const(x: np.ndarray | list, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -80,19 +94,24 @@ def quantise(coord: Tensor) -> Tensor:
 
 def sample_pixels(image: Tensor, xy: Tensor, quantised: bool = True) -> Tensor:
     """Bilinear sample (B, C, H, W) at pixel coordinates xy (B, h, w, 2), borders replicated."""
-    h, w = image.shape[-2:]
+    h, w = (int(d) for d in image.shape[-2:])  # static sizes: constants, not traced shapes
     if quantised:
         xy = quantise(xy)
-    scale = torch.tensor([2.0 / w, 2.0 / h])
-    grid = (xy + 0.5) * scale - 1.0
+    grid = _normalise(xy + 0.5, 2.0 / w, 2.0 / h)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
                          align_corners=False)
 
 
-def blur3(mask: Tensor) -> Tensor:
-    """cv2.GaussianBlur(ksize 3, σ auto = 0.8): the separable [1, 2, 1] / 4 kernel."""
-    k = torch.tensor([0.25, 0.5, 0.25])
-    kernel = (k[:, None] * k[None, :])[None, None]
+def _normalise(xy: Tensor, sx: float, sy: float) -> Tensor:
+    """``xy * (sx, sy) - 1`` per channel, with scalars (no constant tensor to place)."""
+    return torch.stack([xy[..., 0] * sx, xy[..., 1] * sy], dim=-1) - 1.0
+
+
+BLUR3 = np.outer([0.25, 0.5, 0.25], [0.25, 0.5, 0.25]).astype(np.float32)[None, None]
+
+
+def blur3(mask: Tensor, kernel: Tensor) -> Tensor:
+    """cv2.GaussianBlur(ksize 3, σ auto = 0.8): ``kernel`` is :data:`BLUR3` (a buffer)."""
     # Zero padding (cv2 reflects): the masks are zero at the region borders anyway.
     return F.conv2d(mask[:, None], kernel, padding=1)[:, 0]
 
@@ -129,6 +148,7 @@ class RendererGraph(nn.Module):
     high: Tensor
     linear_index: Tensor
     controls: Tensor
+    blur_kernel: Tensor
 
     def __init__(self, geometry: GraphGeometry | None = None) -> None:
         super().__init__()
@@ -145,8 +165,30 @@ class RendererGraph(nn.Module):
         self.register_buffer("linear_index", _const([INDEX[d] for d in R.LINEAR_DIMS],
                                                     torch.long), persistent=False)
         self.register_buffer("controls", _const(geo.controls, torch.long), persistent=False)
+        self.register_buffer("blur_kernel", _const(BLUR3), persistent=False)
+        for name, idx in INDEX_SETS.items():
+            self.register_buffer(f"ix_{name}", _const(idx, torch.long), persistent=False)
+        for name in PASTED:
+            idx = INDEX_SETS[name]
+            onehot = np.zeros((geo.n_points, len(idx)), np.float32)
+            onehot[idx, np.arange(len(idx))] = 1.0
+            keep = np.ones((geo.n_points, 1), np.float32)
+            keep[idx] = 0.0
+            self.register_buffer(f"onehot_{name}", _const(onehot), persistent=False)
+            self.register_buffer(f"keep_{name}", _const(keep), persistent=False)
         self.mouth = geo.region(MOUTH_REGION)
         self.eyes = geo.region(EYES_REGION)
+
+    def ix(self, name: str) -> Tensor:
+        """The point indices of :data:`INDEX_SETS` ``name``, on the module's device."""
+        return self.get_buffer(f"ix_{name}")
+
+    def gather(self, points: Tensor, name: str) -> Tensor:
+        """``points[:, INDEX_SETS[name]]`` with the index buffer (exports to one Gather)."""
+        return torch.index_select(points, 1, self.ix(name))
+
+    def arange(self, start: int, end: int, like: Tensor) -> Tensor:
+        return torch.arange(start, end, dtype=torch.float32, device=like.device)
 
     @classmethod
     def from_manifest_config(cls, config: dict) -> RendererGraph:
@@ -190,15 +232,15 @@ class RendererGraph(nn.Module):
         xy = source[..., :2] + lin.reshape(-1, n_pts, 2)  # (B, P, 2)
         press = m[:, INDEX["lip_press"], None]  # (B, 1)
         ey, s = params[:, 2:4], params[:, 7:8]
-        up_in, lo_in = _UI[1:-1], _LI[1:-1]
-        gap = torch.clamp(((xy[:, lo_in] - xy[:, up_in]) * ey[:, None]).sum(-1), min=0.0)
+        gap = torch.clamp(((self.gather(xy, "li_mid") - self.gather(xy, "ui_mid"))
+                           * ey[:, None]).sum(-1), min=0.0)
         half = (press * gap / 2)[..., None] * ey[:, None]  # (B, 9, 2)
         thin = (press * R.PRESS_THIN * s * ey)[:, None]  # (B, 1, 2)
         delta = torch.zeros_like(xy)
-        delta = self._add_at(delta, up_in, half)
-        delta = self._add_at(delta, lo_in, -half)
-        delta = self._add_at(delta, _UO[1:-1], 0.6 * half + thin)
-        delta = self._add_at(delta, _LO[1:-1], -(0.6 * half + thin))
+        delta = self._add_at(delta, "ui_mid", half)
+        delta = self._add_at(delta, "li_mid", -half)
+        delta = self._add_at(delta, "uo_mid", 0.6 * half + thin)
+        delta = self._add_at(delta, "lo_mid", -(0.6 * half + thin))
         expression = xy + delta
         ex = params[:, 0:2]
         gx, gy = m[:, INDEX["gaze_x"], None], m[:, INDEX["gaze_y"], None]
@@ -206,21 +248,18 @@ class RendererGraph(nn.Module):
                             for w in (params[:, 8:9], params[:, 9:10])], dim=1)
         return expression, iris
 
-    @staticmethod
-    def _add_at(base: Tensor, idx: list[int], value: Tensor) -> Tensor:
+    def _add_at(self, base: Tensor, name: str, value: Tensor) -> Tensor:
         """``base[:, idx] += value`` as a one-hot matmul (exports to MatMul, not ScatterND)."""
-        onehot = np.zeros((base.shape[1], len(idx)), np.float32)
-        onehot[idx, np.arange(len(idx))] = 1.0
-        value = value.expand(-1, len(idx), -1)
-        return base + _const(onehot) @ value  # (P, K) @ (B, K, 2)
+        onehot = self.get_buffer(f"onehot_{name}")  # (P, K)
+        return base + onehot @ value.expand(-1, onehot.shape[1], -1)  # @ (B, K, 2)
 
     # ------------------------------------------------------------------ flow
     def _sample_grid(self, field: Tensor, s: Tensor) -> Tensor:
         """engines.warp.ThinPlateFlow._sample: field (N, C, gh, gw) at pixel positions s."""
         off = (self.step - 1) / 2
         g = quantise((s - off) / self.step + 1.0)
-        scale = torch.tensor([2.0 / (self.gw - 1), 2.0 / (self.gh - 1)])
-        return F.grid_sample(field, g * scale - 1.0, mode="bilinear", padding_mode="border",
+        grid = _normalise(g, 2.0 / (self.gw - 1), 2.0 / (self.gh - 1))
+        return F.grid_sample(field, grid, mode="bilinear", padding_mode="border",
                              align_corners=True).permute(0, 2, 3, 1)
 
     def invert(self, field: Tensor) -> Tensor:
@@ -271,10 +310,10 @@ class RendererGraph(nn.Module):
     def maps(self, m: Tensor, expression: Tensor, rest: Tensor, z: Tensor, phi: Tensor,
              params: Tensor) -> tuple[Tensor, Tensor]:
         """Backward maps (B, 2, S, S) and the posed target points (B, P, 2)."""
-        ui, li = _UI[1:-1], _LI[1:-1]
-        off_lo = rest[:, li] - rest[:, ui]
-        expr_up = self._replace(expression, li, expression[:, ui] + off_lo)
-        expr_lo = self._replace(expression, ui, expression[:, li] - off_lo)
+        e_ui, e_li = self.gather(expression, "ui_mid"), self.gather(expression, "li_mid")
+        off_lo = self.gather(rest, "li_mid") - self.gather(rest, "ui_mid")
+        expr_up = self._replace(expression, "li_mid", e_ui + off_lo)
+        expr_lo = self._replace(expression, "ui_mid", e_li - off_lo)
         posed = self.head_pose(torch.stack([expression, expr_up, expr_lo], 1), z, m, params)
         target = posed[:, 0]
         disp = (posed - rest[:, None])[:, :, self.controls]  # (B, 3, N, 2)
@@ -287,9 +326,9 @@ class RendererGraph(nn.Module):
         maps = self.upsample(self.invert(fields)).reshape(-1, 2, 2, self.size, self.size)
         pos_up, pos_lo = maps[:, 0], maps[:, 1]
         # The mouth line and the seam ramp (engines.renderer.Renderer._maps).
-        mid = (target[:, _UI] + target[:, _LI]) / 2
+        mid = (self.gather(target, "ui") + self.gather(target, "li")) / 2
         mx, my = sorted_line(mid)
-        xs = torch.arange(self.size, dtype=torch.float32) + 0.5
+        xs = self.arange(0, self.size, m) + 0.5
         line_y = interp(xs, mx, my)  # (B, S)
         cap = SEAM_MAX_RAMP * params[:, 7:8]
         outside = torch.clamp(mx[:, :1] - xs, min=0) + torch.clamp(xs - mx[:, -1:], min=0)
@@ -298,23 +337,21 @@ class RendererGraph(nn.Module):
         t = torch.clamp((rows - line_y[:, None, :]) / ramp[:, None, :] + 0.5, 0.0, 1.0)
         return pos_up + (pos_lo - pos_up) * t[:, None], target
 
-    @staticmethod
-    def _replace(base: Tensor, idx: list[int], value: Tensor) -> Tensor:
-        keep = np.ones((base.shape[1], 1), np.float32)
-        keep[idx] = 0.0
-        return base * _const(keep) + RendererGraph._add_at(torch.zeros_like(base), idx, value)
+    def _replace(self, base: Tensor, name: str, value: Tensor) -> Tensor:
+        """``base[:, idx] = value`` (a keep mask and a one-hot paste)."""
+        keep = self.get_buffer(f"keep_{name}")
+        return base * keep + self._add_at(torch.zeros_like(base), name, value)
 
     # ------------------------------------------------------------------ layers
     def mouth_layer(self, image: Tensor, target: Tensor, rest: Tensor, palette: Tensor,
                     eye: Tensor) -> Tensor:
         """engines.layers.composite_mouth (seal + cavity) inside the fixed mouth region."""
         x0, y0, x1, y1 = self.mouth
-        xs = torch.arange(x0, x1, dtype=torch.float32)
-        ys = torch.arange(y0, y1, dtype=torch.float32)
+        xs, ys = self.arange(x0, x1, image), self.arange(y0, y1, image)
         region = image[..., y0:y1, x0:x1]  # (B, 3, h, w)
         src_gap = torch.clamp(rest[:, 14, 1] - rest[:, 13, 1], min=0.0)
         extra = (target[:, 14, 1] - target[:, 13, 1]) - src_gap  # (B,)
-        upper, lower = target[:, _UI], target[:, _LI]
+        upper, lower = self.gather(target, "ui"), self.gather(target, "li")
         # Seal: the line where the lips meet, when an open-mouthed portrait closes.
         amount = torch.where((extra < 0) & (src_gap > 1.0),
                              torch.clamp(-extra / torch.clamp(src_gap, min=1e-6), max=1.0),
@@ -326,12 +363,12 @@ class RendererGraph(nn.Module):
         span = (torch.clamp(xs - mx[:, :1, None] + 0.5, 0, 1)
                 * torch.clamp(mx[:, -1:, None] - xs + 0.5, 0, 1))
         seal = torch.clamp(thick / 2 + 0.5 - (ys[None, :, None] - line).abs(), 0, 1) * span
-        a = (blur3(seal) * 0.8 * amount[:, None, None])[:, None]
+        a = (blur3(seal, self.blur_kernel) * 0.8 * amount[:, None, None])[:, None]
         seam = (palette[:, 0] * 0.8)[..., None, None]
         region = torch.floor(torch.clamp(region + (seam - region) * a, 0, 255))
         # Cavity.
         strength = torch.clamp(extra / (L.CAVITY_FULL_AT * eye), 0.0, 1.0)[:, None, None]
-        alpha = blur3(between_lines(upper, lower, xs, ys)) * strength  # (B, h, w)
+        alpha = blur3(between_lines(upper, lower, xs, ys), self.blur_kernel) * strength
         ux, uy = sorted_line(upper)
         lx, ly = sorted_line(lower)
         y_up = interp(xs, ux, uy)[:, None, :]
@@ -367,8 +404,7 @@ class RendererGraph(nn.Module):
                    ) -> Tensor:
         """engines.layers.composite_irises then composite_lids, in the fixed eyes region."""
         x0, y0, x1, y1 = self.eyes
-        xs = torch.arange(x0, x1, dtype=torch.float32)
-        ys = torch.arange(y0, y1, dtype=torch.float32)
+        xs, ys = self.arange(x0, x1, image), self.arange(y0, y1, image)
         region = image[..., y0:y1, x0:x1]
         roi_maps = maps[..., y0:y1, x0:x1].permute(0, 2, 3, 1)  # (B, h, w, 2)
         warped = torch.round(sample_pixels(plates, roi_maps))  # (B, 6, h, w)
@@ -376,15 +412,16 @@ class RendererGraph(nn.Module):
         gaze = torch.sqrt(m[:, INDEX["gaze_x"]] ** 2 + m[:, INDEX["gaze_y"]] ** 2)
         strength = torch.clamp(gaze / L.GAZE_FULL_AT, 0.0, 1.0)[:, None, None, None]
         h, w = ys.shape[0], xs.shape[0]
-        eyes = ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER, ft.RIGHT_IRIS, 0),
-                (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER, ft.LEFT_IRIS, 1))
+        eyes = (("r_up", "r_lo", "r_ring", ft.RIGHT_IRIS[0], 0),
+                ("l_up", "l_lo", "l_ring", ft.LEFT_IRIS[0], 1))
         masks = []
-        for upper, lower, ring, k in eyes:
-            opening = between_lines(target[:, list(upper)], target[:, list(lower)], xs, ys)
+        for upper, lower, ring, centre, k in eyes:
+            opening = between_lines(self.gather(target, upper), self.gather(target, lower),
+                                    xs, ys)
             masks.append(opening)
-            c_src = rest[:, ring[0]]  # (B, 2)
-            radius = (rest[:, list(ring[1:])] - c_src[:, None]).norm(dim=-1).mean(dim=1)
-            c_dst = target[:, ring[0]] + iris[:, k]
+            c_src = rest[:, centre]  # (B, 2)
+            radius = (self.gather(rest, ring) - c_src[:, None]).norm(dim=-1).mean(dim=1)
+            c_dst = target[:, centre] + iris[:, k]
             shift = c_src - c_dst  # (B, 2)
             shifted = torch.stack([(xs[None, None, :] + shift[:, 0, None, None]).expand(-1, h, w),
                                    (ys[None, :, None] + shift[:, 1, None, None]).expand(-1, h, w)],
@@ -394,13 +431,13 @@ class RendererGraph(nn.Module):
                            + (ys[None, :, None] - c_dst[:, 1, None, None]) ** 2)
             disc = torch.clamp(radius[:, None, None] * 1.05 - r + 0.5, 0.0, 1.0)[:, None]
             eye_img = no_iris + (iris_px - no_iris) * disc
-            a = (blur3(opening)[:, None] * strength)
+            a = (blur3(opening, self.blur_kernel)[:, None] * strength)
             region = torch.floor(torch.clamp(region + (eye_img - region) * a, 0, 255))
         blinks = (m[:, INDEX["blink_r"]], m[:, INDEX["blink_l"]])
         lo_f, hi_f = L.BLINK_FADE
-        for (upper, lower, _, _), amount, _mask in zip(eyes, blinks, masks, strict=True):
+        for (upper, lower, *_), amount, _mask in zip(eyes, blinks, masks, strict=True):
             s = torch.clamp((amount - lo_f) / (hi_f - lo_f), 0, 1)[:, None, None]
-            outline = torch.cat([target[:, list(upper)], target[:, list(lower)]], dim=1)
+            outline = torch.cat([self.gather(target, upper), self.gather(target, lower)], dim=1)
             margin = (LID_MARGIN * eye)[:, None]
             lo = torch.clamp(torch.floor(outline.amin(dim=1) - margin), min=0.0)
             hi = torch.clamp(torch.ceil(outline.amax(dim=1) + margin), max=float(self.size))

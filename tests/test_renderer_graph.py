@@ -138,3 +138,13 @@ def test_export_cli(tmp_path: Path) -> None:
     for stage in ("renderer", "motion_generator"):
         manifest = ModelManifest.load(tmp_path / f"{stage}.json")  # verifies the sha256
         assert manifest.onnx_path.is_file()
+
+
+def test_graph_is_device_clean(bank) -> None:  # type: ignore[no-untyped-def]
+    """Every constant lives in a buffer: the whole forward runs on another device (meta here,
+    CUDA on a GPU host) without one host tensor, which a CUDA-graph capture would refuse."""
+    graph = RendererGraph().eval().to("meta")
+    feeds = renderer_feeds(bank, np.stack([MOTIONS["turn_talk"], MOTIONS["blink"]]))
+    with torch.no_grad():
+        out = graph(*[torch.from_numpy(feeds[k]).to("meta") for k in INPUT_NAMES])
+    assert out.device.type == "meta" and tuple(out.shape) == (2, 512, 512, 3)

@@ -163,8 +163,11 @@ def test_auto_prefers_tensorrt_then_falls_back(generator: ModelManifest,
     no_trt = replace(GPU_ALL, tensorrt=False,
                      ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
     assert select_runtime("auto", renderer_manifest, no_trt).runtime == "torch-cuda"
-    # The generator's manifest names no torch twin: torch is skipped, with the reason.
-    choice = select_runtime("auto", generator, no_trt)
+    assert select_runtime("auto", generator, no_trt).runtime == "torch-cuda"  # its twin
+    # A manifest that names no torch twin: torch is skipped, with the reason.
+    twinless = replace(generator, raw={k: v for k, v in generator.raw.items()
+                                       if k != "torch_factory"})
+    choice = select_runtime("auto", twinless, no_trt)
     assert choice.runtime == "ort-cuda"
     assert ("torch-cuda", "the manifest names no torch twin") in choice.skipped
     cpu = select_runtime("auto", generator, CPU_ONLY)

@@ -1,8 +1,9 @@
 """torch on CUDA with CUDA graphs: the GPU path that needs neither TensorRT nor onnxruntime-gpu.
 
 The module is the *torch twin* the ONNX file was exported from, named by the manifest's
-``torch_factory`` (``"package.module:callable"``, called with the manifest's ``config``), so
-``engines`` never imports ``export`` or torch at import time.
+``torch_factory`` (``"package.module:callable"``; its ``from_manifest(manifest)`` or
+``from_manifest_config(config)`` builds it), so ``engines`` never imports ``export`` or torch
+at import time.
 
 CUDA graphs, and why batches are bucketed: replaying a captured graph removes the per-kernel
 launch cost that dominates small batches, but a graph is fixed to its input shapes. A server's
@@ -81,6 +82,8 @@ def resolve_factory(manifest: ModelManifest) -> ModuleFactory:
                                   "pip install -e '.[export]')", str(exc)) from exc
 
     def build(m: ModelManifest) -> Any:
+        if hasattr(target, "from_manifest"):  # needs the manifest itself (its ONNX weights)
+            return target.from_manifest(m)
         if hasattr(target, "from_manifest_config"):
             return target.from_manifest_config(m.raw.get("config", {}))
         return target()
