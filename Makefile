@@ -138,3 +138,12 @@ parity: export-deps
 .PHONY: bench-pipeline
 bench-pipeline: export-deps
 	$(PY) -m bench.pipeline $(PIPELINE_FLAGS)
+
+# What a lent GPU host needs (renderer graph + the default avatar's bank in artifacts/engines),
+# then on that host: bash bench/gpu_check.sh (docs/engines.md, "make gpu-check").
+.PHONY: gpu-bundle gpu-check
+gpu-bundle: export-deps
+	bash bench/gpu_check.sh --prepare
+
+gpu-check: gpu-bundle
+	PYTHON=$(PY) bash bench/gpu_check.sh

@@ -24,10 +24,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import av
 import numpy as np
+
+if TYPE_CHECKING:  # PyAV is imported where audio is decoded, so that the audio contract
+    import av  # (the constants below) loads without it: GPU hosts run the engines bare.
 
 SAMPLE_RATE = 16_000  # Hz: the one sample rate every engine consumes.
 FPS = 25  # video frames per second.
@@ -67,7 +69,7 @@ def _name(source: AudioSource) -> str:
     return str(getattr(source, "name", "<stream>"))
 
 
-_OpenAudio = tuple[av.container.InputContainer, av.AudioStream]
+_OpenAudio = tuple["av.container.InputContainer", "av.AudioStream"]
 
 
 @contextmanager
@@ -77,6 +79,8 @@ def _open_audio(source: AudioSource) -> Iterator[_OpenAudio]:
     ``FileNotFoundError``/``PermissionError`` pass through unchanged: they are not decoding
     problems and callers (the CLI) already report them well.
     """
+    import av
+
     try:
         container = av.open(source, mode="r")
     except (FileNotFoundError, PermissionError, IsADirectoryError):
@@ -95,6 +99,8 @@ def _open_audio(source: AudioSource) -> Iterator[_OpenAudio]:
 
 def _new_resampler() -> av.AudioResampler:
     """Planar float at 16 kHz; the channel layout is taken from the first frame it sees."""
+    import av
+
     return av.AudioResampler(format=_DECODE_FORMAT, layout=None, rate=SAMPLE_RATE)
 
 
@@ -116,6 +122,8 @@ def _decoded_mono(source: AudioSource) -> Iterator[np.ndarray]:
     A stream may change channel layout or rate mid-way (concatenated radio streams, some
     video files); the resampler is then flushed and rebuilt instead of failing.
     """
+    import av
+
     with _open_audio(source) as (container, stream):
         resampler = _new_resampler()
         signature: tuple[str, str, int] | None = None
@@ -196,6 +204,8 @@ def probe_duration(source: AudioSource) -> float | None:
 def _declared_duration(container: av.container.InputContainer, stream: av.AudioStream
                        ) -> float | None:
     """Seconds from the stream header, else from the container; None when neither says."""
+    import av
+
     if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
         return float(stream.duration * stream.time_base)
     if container.duration is not None and container.duration > 0:

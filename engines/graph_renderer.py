@@ -25,15 +25,18 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engines.avatar import AvatarPack
 from engines.motion import MOTION_DIM
 from engines.provenance import ProvenanceStamp
 from engines.runtimes import ModelManifest, Runner, create_runner
 from engines.runtimes.renderer_bank import BANK_INPUTS, GraphGeometry, avatar_entry
 from engines.runtimes.torch_runner import TorchRunner  # imports torch only when activated
+
+if TYPE_CHECKING:  # the pack's type only: preparing avatars (LiteRT) is not needed to render
+    from engines.avatar import AvatarPack
 
 log = logging.getLogger(__name__)
 

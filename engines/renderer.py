@@ -15,16 +15,19 @@ When the two fields agree (mouth not opening) the split costs nothing visible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from engines import face_topology as ft
-from engines.avatar import AvatarPack
 from engines.layers import composite_irises, composite_lids, composite_mouth
 from engines.motion import INDEX
 from engines.rig import Rig, RigPose
 from engines.warp import ThinPlateFlow
+
+if TYPE_CHECKING:  # a type only: rendering needs no face models (LiteRT) loaded
+    from engines.avatar import AvatarPack
 
 SEAM_WIDENING = 1.0  # blend width beyond the mouth corners grows this many px per px of distance
 SEAM_MAX_RAMP = 0.25  # ... up to this width, × eye distance

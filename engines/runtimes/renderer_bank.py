@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engines import face_topology as ft
-from engines.avatar import AvatarPack
 from engines.motion import MOTION_DIM, RIG_VERSION, motion
 from engines.rig import Rig
 from engines.warp import ThinPlateFlow
+
+if TYPE_CHECKING:  # the pack's type only: preparing avatars (LiteRT) is not needed to render
+    from engines.avatar import AvatarPack
 
 BANK_VERSION = "bank-1"
 # rig_params layout: face axes (ex, ey) rows, pivot (x, y, z), scale s, eye widths (right, left)
