@@ -17,10 +17,11 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=. OMP_NUM_THREADS=1
 if [ "${1:-}" = "--prepare" ]; then
   PY=${PYTHON:-.venv/bin/python}
   exec "$PY" -c "
-from bench.pipeline import RENDERER_MANIFEST, default_bank, renderer_manifest
-m = renderer_manifest(RENDERER_MANIFEST)
+from bench.pipeline import RENDERER_MANIFEST, default_bank
+from export.engine_export import export_renderer
+export_renderer(RENDERER_MANIFEST.parent)  # always fresh: the torch twin is today's code
 default_bank()
-print('ready for the GPU host:', m.onnx_path.parent)"
+print('ready for the GPU host:', RENDERER_MANIFEST.parent)"
 fi
 
 PY=${PYTHON:-python3}

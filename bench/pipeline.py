@@ -103,11 +103,12 @@ class PipelineConfig:
 # --- set-up ------------------------------------------------------------------------------------
 
 def renderer_manifest(path: Path) -> ModelManifest:
-    """The exported renderer graph; exported in-process (a few seconds) when it is missing."""
-    if not path.is_file():
-        from export.engine_export import export_renderer
+    """The exported renderer graph; exported in-process (a few seconds) when it is missing or
+    was made from another version of the twin's code (then ONNX and torch would differ)."""
+    from export.engine_export import export_renderer, is_current
 
-        log(f"no {path}: exporting the renderer graph there")
+    if not is_current(path):
+        log(f"{path} missing or stale: exporting the renderer graph there")
         export_renderer(path.parent, name=path.stem)
     return ModelManifest.load(path)
 

@@ -99,11 +99,29 @@ def export_renderer(out_dir: Path = DEFAULT_OUT, geometry: GraphGeometry | None 
         # fp16 TensorRT engines keep these (no pixel input upstream) in fp32: precision.py
         "fp32_layers": geometry_nodes(model),
         "torch_factory": TORCH_FACTORY,
+        "twin_source_sha256": twin_source_sha256(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
     }
     (out_dir / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def twin_source_sha256() -> str:
+    """sha256 of the torch twin's source: an export made from other code is stale (the torch
+    runner would run today's code while ONNX Runtime and TensorRT run the old file)."""
+    import export.renderer_graph as twin
+
+    return sha256_file(Path(twin.__file__))
+
+
+def is_current(manifest_path: Path) -> bool:
+    """Whether ``manifest_path`` exists and was exported from the twin's current source."""
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(raw.get("twin_source_sha256") == twin_source_sha256())
 
 
 def copy_generator(out_dir: Path, manifest: Path = DEFAULT_MANIFEST) -> dict[str, Any]:

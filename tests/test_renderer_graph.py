@@ -148,3 +148,15 @@ def test_graph_is_device_clean(bank) -> None:  # type: ignore[no-untyped-def]
     with torch.no_grad():
         out = graph(*[torch.from_numpy(feeds[k]).to("meta") for k in INPUT_NAMES])
     assert out.device.type == "meta" and tuple(out.shape) == (2, 512, 512, 3)
+
+
+def test_export_knows_when_it_is_stale(tmp_path: Path) -> None:
+    import json
+
+    from export.engine_export import is_current
+
+    manifest = export_renderer(tmp_path)
+    path = tmp_path / "renderer.json"
+    assert is_current(path) and len(manifest["twin_source_sha256"]) == 64
+    path.write_text(json.dumps({**manifest, "twin_source_sha256": "0" * 64}))
+    assert not is_current(path) and not is_current(tmp_path / "missing.json")
