@@ -21,6 +21,7 @@ from engines.graph_renderer import (
 )
 from engines.motion import clip_motion, motion, rest_motion
 from engines.provenance import ProvenanceStamp
+from engines.runtimes.renderer_bank import GraphGeometry
 from engines.watermark import detect_frames
 from export.engine_export import export_renderer
 from export.parity import psnr
@@ -214,3 +215,26 @@ def test_serve_without_an_exported_graph_exits_2(tmp_path: Path,
                  str(tmp_path / "renderer.json"), "--port", "18099"])
     assert code == 2
     assert "vivify export" in capsys.readouterr().err
+
+
+def test_io_binding_of_the_bank_gives_the_same_frames(manifest_path: Path, pack) -> None:  # type: ignore[no-untyped-def]
+    """ONNX Runtime with the pinned bank bound once as OrtValues (what the CUDA/TensorRT
+    providers do, to skip a bank upload per call), here on the CPU: identical frames."""
+    from engines.runtimes import ModelManifest, OrtConfig, OrtRunner
+
+    manifest = ModelManifest.load(manifest_path)
+    bound = OrtRunner(manifest, OrtConfig(bind_pinned=True))
+    plain = OrtRunner(manifest, OrtConfig())
+    assert bound.binds_pinned and not plain.binds_pinned
+    graphs = [GraphRenderer(r, GraphGeometry()) for r in (bound, plain)]
+    try:
+        for g in graphs:
+            g.attach("a", pack)
+            g.attach("b", _inverted(pack))
+        motions = np.stack([SPEECH, rest_motion(), SPEECH])
+        got, ref = (g.render(motions, ["a", "b", "b"]) for g in graphs)
+        assert len(bound._bound) == 6  # every bank input bound once
+    finally:
+        for g in graphs:
+            g.close()
+    assert np.array_equal(got, ref)
