@@ -95,6 +95,7 @@ class MediaStats:
     dropped_pairs: int = 0  # generated too late to play
     trimmed_samples: int = 0  # live audio dropped to keep latency bounded
     live_slots: int = 0
+    render_fallbacks: int = 0  # renderer-graph failures that moved this session to the CPU
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=250))
 
     def as_dict(self) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class MediaStats:
         p50 = lat[len(lat) // 2] if lat else None
         return {"slots_played": self.slots_played, "late_slots": self.late_slots,
                 "dropped_pairs": self.dropped_pairs, "trimmed_samples": self.trimmed_samples,
-                "live_slots": self.live_slots,
+                "live_slots": self.live_slots, "render_fallbacks": self.render_fallbacks,
                 "latency_ms_p50": round(p50, 1) if p50 is not None else None}
 
 
@@ -323,9 +324,18 @@ class SessionMedia:
             return list(await self.scheduler.run(
                 functools.partial(self._render, motions, offset)))
         batcher = self.render_batcher
-        return list(await asyncio.gather(*(
-            batcher.infer(RenderRequest(self.render_key, clip_motion(m + offset), self.stamp))
-            for m in motions)))
+        try:
+            return list(await asyncio.gather(*(
+                batcher.infer(RenderRequest(self.render_key, clip_motion(m + offset), self.stamp))
+                for m in motions)))
+        except Exception as exc:  # the graph's engine failed (GPU out of memory, a lost device)
+            # The session goes on, on the CPU renderer, rather than freezing on its last frame.
+            log.warning("renderer graph failed (%s): this session renders on the CPU now", exc)
+            self.render_batcher = None
+            self.stats.render_fallbacks += 1
+            self._on_event({"type": "renderer_fallback", "reason": str(exc)[:200]})
+            return list(await self.scheduler.run(
+                functools.partial(self._render, motions, offset)))
 
     async def _motions(self, block: np.ndarray) -> np.ndarray:
         """The motion frames ``block`` completes: through the shared generator batcher, or

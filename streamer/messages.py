@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from engines.motion import EMOTIONS
 
-SERVER_EVENTS = ("playback_started", "playback_finished", "stats", "error")
+SERVER_EVENTS = ("playback_started", "playback_finished", "stats", "error", "renderer_fallback")
 EmotionName = Literal["neutral", "happy", "sad", "surprised", "angry"]
 assert set(EMOTIONS) == {"neutral", "happy", "sad", "surprised", "angry"}
 

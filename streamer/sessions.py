@@ -143,6 +143,7 @@ class Session:
         self.sockets: set[Callable[[dict[str, Any]], None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.graph_key: str | None = None  # the avatar attached to the renderer graph, if any
         self.close_reason: str | None = None
         self._last_peer_audio = manager.clock.now()
         self.fanout: VideoFanout | None = None  # one encode for all viewers (streamer/fanout.py)
@@ -346,6 +347,7 @@ class SessionManager:
                              batcher=self.batcher, render_batcher=render_batcher,
                              render_key=avatar)
         session = Session(self, avatar, mode, video, media, session_id)
+        session.graph_key = avatar if render_batcher is not None else None
         holder["s"] = session
         self.sessions[session.id] = session
         self.created_total += 1
@@ -376,9 +378,10 @@ class SessionManager:
         return self.render_batcher
 
     def _release_render(self, session: Session) -> None:
-        graph = self.graph
-        if graph is not None and session.media.render_batcher is not None:
-            graph.detach(session.media.render_key)
+        graph, key = self.graph, session.graph_key
+        session.graph_key = None
+        if graph is not None and key is not None:
+            graph.detach(key)
 
     def get(self, session_id: str) -> Session:
         try:

@@ -238,3 +238,21 @@ def test_io_binding_of_the_bank_gives_the_same_frames(manifest_path: Path, pack)
         for g in graphs:
             g.close()
     assert np.array_equal(got, ref)
+
+
+class FailingEngine:
+    """A renderer-graph engine that breaks (as a GPU out of memory would)."""
+
+    def infer_requests(self, requests: list[RenderRequest]) -> list[np.ndarray]:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+
+def test_a_failing_graph_moves_the_session_to_the_cpu_renderer(renderer) -> None:  # type: ignore[no-untyped-def]
+    """The session does not freeze: the same speech frames come from the CPU renderer."""
+    t = np.arange(int(0.6 * 16000)) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 170 * t)).astype(np.float32)
+    batcher = WindowBatcher(FailingEngine(), InlineScheduler(), max_batch=8)  # type: ignore[arg-type]
+    got = [p for p in _played(renderer, batcher, audio, ProvenanceStamp("f")) if p.live]
+    ref = [p for p in _played(renderer, None, audio, ProvenanceStamp("f")) if p.live]
+    assert len(got) == len(ref) == 15
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(got, ref, strict=True))
