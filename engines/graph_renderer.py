@@ -32,6 +32,7 @@ import numpy as np
 from engines.motion import MOTION_DIM
 from engines.provenance import ProvenanceStamp
 from engines.runtimes import ModelManifest, Runner, create_runner
+from engines.runtimes.errors import GraphUnavailableError
 from engines.runtimes.renderer_bank import BANK_INPUTS, GraphGeometry, avatar_entry
 from engines.runtimes.torch_runner import TorchRunner  # imports torch only when activated
 
@@ -40,11 +41,9 @@ if TYPE_CHECKING:  # the pack's type only: preparing avatars (LiteRT) is not nee
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEFAULT_RENDERER_MANIFEST", "GraphRenderer", "GraphUnavailableError",
+           "RenderRequest", "to_uint8"]
 DEFAULT_RENDERER_MANIFEST = Path("artifacts/engines/renderer.json")
-
-
-class GraphUnavailableError(RuntimeError):
-    """The renderer graph cannot be used (no exported model, or a runtime is missing)."""
 
 
 @dataclass(frozen=True)

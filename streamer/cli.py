@@ -18,6 +18,7 @@ from pathlib import Path
 
 from engines.default_avatar import default_portrait_path, resolve_portrait
 from engines.errors import AvatarInputError
+from engines.runtimes.errors import GraphUnavailableError, MissingRuntimeError
 from export.cli_export import add_export_parser
 from streamer.talk import add_talk_parser
 from streamer.verify import add_verify_parser
@@ -200,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     except AvatarInputError as exc:
         print(f"vivify: portrait rejected ({exc.code}): {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        # RuntimeError: a runtime or exported model that `vivify serve` was told to use is
-        # missing (engines.runtimes.MissingRuntimeError, GraphUnavailableError): say which.
+    except (ValueError, FileNotFoundError, MissingRuntimeError, GraphUnavailableError) as exc:
+        # The last two: a runtime or an exported model that the command was told to use is
+        # not here; the message says what to install or run.
         print(f"vivify: {exc}", file=sys.stderr)
         return 2
 

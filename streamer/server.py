@@ -125,8 +125,6 @@ def _graph_batcher(config: ServerConfig, scheduler: InferenceScheduler) -> Windo
     """With ``--renderer graph``: the renderer graph on its runtime behind a shared batcher."""
     if config.renderer != "graph":
         return None
-    from engines.graph_renderer import GraphRenderer
-
     # One render call at a time holds the engine, so on a CPU runtime it may use every core.
     graph = GraphRenderer.load(config.renderer_model, config.renderer_runtime,
                                threads=config.workers)

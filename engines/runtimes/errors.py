@@ -15,3 +15,7 @@ class MissingRuntimeError(RuntimeError):
 
 class InputMismatchError(ValueError):
     """A feed does not match the manifest (name, dtype or shape); the message names the input."""
+
+
+class GraphUnavailableError(RuntimeError):
+    """An exported model the server was told to use is not there (run ``vivify export``)."""
