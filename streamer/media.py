@@ -139,8 +139,12 @@ class SessionMedia:
                  on_event: Events | None = None, max_buffer_seconds: float = 120.0,
                  stamp: ProvenanceStamp | None = None,
                  batcher: WindowBatcher | None = None,
-                 render_batcher: WindowBatcher | None = None, render_key: str = "") -> None:
+                 render_batcher: WindowBatcher | None = None, render_key: str = "",
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.renderer = renderer
+        # Called once if the producer or the ticker dies of an error (an engine that keeps
+        # failing, a bug): the session is then closed rather than left frozen on a frame.
+        self._on_failure = on_failure
         self.stamp = stamp  # watermark (+ label): applied to every frame this session shows
         # The learned generator's windows go through the shared batcher (one engine call for
         # all sessions); any other driver runs inside this session's worker step.
@@ -189,6 +193,18 @@ class SessionMedia:
             return
         self._tasks = [asyncio.create_task(self._produce(), name="media-producer"),
                        asyncio.create_task(self._tick(), name="media-ticker")]
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        log.error("session media %s failed: %r", task.get_name(), exc)
+        callback, self._on_failure = self._on_failure, None  # once, for the first failure
+        if callback is not None:
+            callback(exc)
 
     async def aclose(self) -> None:
         tasks, self._tasks = self._tasks, []

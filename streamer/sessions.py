@@ -269,6 +269,13 @@ class Session:
     def closed(self) -> bool:
         return self._closed
 
+    def fail(self, exc: BaseException) -> None:
+        """The media pipeline died of an error: close the session (through the one path)."""
+        task = asyncio.get_running_loop().create_task(
+            self.aclose(f"media pipeline failed: {type(exc).__name__}: {exc}"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def aclose(self, reason: str = "closed") -> None:
         """The one cleanup path. Idempotent."""
         if self._closed:
@@ -345,7 +352,7 @@ class SessionManager:
                              on_event=lambda e: holder["s"].emit(e),
                              max_buffer_seconds=self.config.max_ws_buffer_seconds, stamp=stamp,
                              batcher=self.batcher, render_batcher=render_batcher,
-                             render_key=avatar)
+                             render_key=avatar, on_failure=lambda e: holder["s"].fail(e))
         session = Session(self, avatar, mode, video, media, session_id)
         session.graph_key = avatar if render_batcher is not None else None
         holder["s"] = session

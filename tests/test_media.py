@@ -129,3 +129,34 @@ def test_slow_generation_drops_work_instead_of_growing_latency(renderer) -> None
     assert slots == sorted(slots) and len(slots) >= 95  # the ticker kept 25 fps
     assert media.stats.late_slots > 10  # held frames while generation lagged
     assert media._produced - media._playing <= media.depth  # no growing backlog of frames
+
+
+class BrokenDriver(BaselineDriver):
+    """A driver that fails after a few blocks (an engine that keeps failing, a bug)."""
+
+    def __init__(self) -> None:
+        super().__init__(BaselineConfig())
+        self.calls = 0
+
+    def push(self, chunk: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.calls > 5:
+            raise RuntimeError("engine exploded")
+        return super().push(chunk)
+
+
+def test_a_failing_pipeline_reports_once_instead_of_freezing(renderer) -> None:  # type: ignore[no-untyped-def]
+    failures: list[BaseException] = []
+
+    async def scenario() -> None:
+        clock = VirtualClock()
+        media = SessionMedia(renderer, BrokenDriver(), InlineScheduler(clock), clock,  # type: ignore[arg-type]
+                             live=False, on_failure=failures.append)
+        media.start()
+        media.push_audio(_speech_like(1.0))
+        await clock.advance(1.0)
+        assert not media.running
+        await media.aclose()
+
+    asyncio.run(scenario())
+    assert len(failures) == 1 and "exploded" in str(failures[0])
