@@ -487,11 +487,13 @@ def test_learned_driver_sessions_share_generator_calls(face_models: Path, tmp_pa
         assert s["media"]["live_slots"] >= 70 and s["media"]["dropped_pairs"] <= 3, s["media"]
 
 
+@pytest.mark.parametrize("driver", ["baseline", "learned"])
 def test_graph_renderer_batches_every_sessions_frames(face_models: Path, tmp_path: Path,
-                                                      speech: Path, astronaut: np.ndarray
-                                                      ) -> None:
+                                                      speech: Path, astronaut: np.ndarray,
+                                                      driver: str) -> None:
     """``--renderer graph``: three agent-driven sessions (two avatars) rendered by one batched
-    renderer graph; a viewer gets watermarked frames; closing the sessions frees the bank."""
+    renderer graph; a viewer gets watermarked frames; closing the sessions frees the bank. With
+    the learned driver both batchers (generator windows, frames) share the workers."""
     pytest.importorskip("torch")
     from conftest import png_bytes
 
@@ -526,12 +528,14 @@ def test_graph_renderer_batches_every_sessions_frames(face_models: Path, tmp_pat
                 assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 204
             return stats, health, [f for _, f in got["video"]]
 
-    with LiveServer(tmp_path / "home", None, renderer="graph", renderer_runtime="ort-cpu",
+    with LiveServer(tmp_path / "home", None, driver=driver, renderer="graph",
+                    renderer_runtime="ort-cpu",
                     renderer_model=tmp_path / "engines" / "renderer.json") as live:
         stats, health, frames = asyncio.run(scenario(live))
         after = httpx.get(f"{live.url}/healthz").json()
     rend = health["renderer"]
     assert rend["kind"] == "graph" and rend["runtime"] == "ort-cpu", rend
+    assert (health["batching"] is not None) == (driver == "learned")
     assert rend["avatars"] == 2 and rend["cpu_fallbacks"] == 0
     # On the CPU the graph renders ~10–20 frames/s, far below the 75 the sessions ask for, so
     # their frames queue up while a call runs and go together: batches grow on their own. (Each
