@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from bench.machine import REPO, machine_info
+from engines.graph_renderer import to_uint8
 from engines.motion_generator import DEFAULT_MANIFEST
 from engines.runtimes import RUNTIMES, ModelManifest, Runner, create_runner, select_runtime
 
@@ -262,10 +263,8 @@ class Pipeline:
                 self.frames[:, k].copy_(image)
             else:
                 self.frames[:, k].copy_(self.torch.clamp(self.torch.round(image), 0, 255))
-        elif image.dtype == np.uint8:
-            self.frames[:, k] = image
         else:
-            self.frames[:, k] = np.clip(np.rint(image), 0, 255)
+            self.frames[:, k] = to_uint8(image)
 
     def _to_host(self) -> np.ndarray:
         if self.torch_out:
@@ -304,8 +303,6 @@ class Pipeline:
 
     def check(self) -> int:
         """Max |pipeline frame − renderer's own output| in grey levels, for one fresh step."""
-        from engines.graph_renderer import to_uint8
-
         frames, motion, _ = self.step(self.inputs())
         frames = frames.copy()
         host_motion = (motion.detach().cpu().numpy() if hasattr(motion, "detach")

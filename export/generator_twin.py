@@ -42,13 +42,11 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from engines.motion_generator import DEFAULT_MANIFEST
 from export.config import GeneratorConfig
 from export.model import MotionFlow, Student
 
 # Parameters the exported graph does not contain, with the reason (see the module docstring).
 NOT_IN_GRAPH = {"flow.null_audio": "unconditional branch only; the student's graph never reads it"}
-ONNX_PATH_KEY = "onnx_path"  # optional config key: which ONNX file holds the weights
 
 
 class TwinMismatchError(ValueError):
@@ -126,12 +124,6 @@ def _onnx_config(model: onnx.ModelProto) -> dict[str, Any] | None:
     return json.loads(meta["config"]) if "config" in meta else None
 
 
-def _default_onnx_path() -> Path:
-    """The committed generator's ONNX file, as its manifest names it."""
-    raw = json.loads(DEFAULT_MANIFEST.read_text())
-    return DEFAULT_MANIFEST.parent / raw["file"]
-
-
 class GeneratorTwin(Student):
     """:class:`export.model.Student` with the ONNX file's weights; forward = the ONNX graph.
 
@@ -150,13 +142,12 @@ class GeneratorTwin(Student):
         """Build the twin for ``onnx_path``; ``config`` (a manifest's) must match the file's."""
         model = onnx.load(str(onnx_path))
         stored = _onnx_config(model)
-        given = {k: v for k, v in (config or {}).items() if k != ONNX_PATH_KEY}
+        given = dict(config or {})
         if given and stored is not None and given != stored:
             diff = sorted(k for k in set(given) | set(stored) if given.get(k) != stored.get(k))
             raise TwinMismatchError(
                 f"{onnx_path} was exported with another config (differs in {diff}); pass the "
-                f"ONNX file that belongs to this manifest (config key {ONNX_PATH_KEY!r} or "
-                "GeneratorTwin.from_manifest)")
+                "ONNX file that belongs to this manifest (GeneratorTwin.from_manifest)")
         cfg_dict = given or stored
         if not cfg_dict:
             raise TwinMismatchError(f"{onnx_path} has no config metadata and none was given")
@@ -168,17 +159,6 @@ class GeneratorTwin(Student):
         return twin.eval()
 
     @classmethod
-    def from_manifest_config(cls, config: Mapping[str, Any]) -> GeneratorTwin:
-        """TorchRunner's factory hook (it passes only the manifest's ``config``).
-
-        The weights come from ``config["onnx_path"]`` when present, else from the committed
-        generator (``engines.motion_generator.DEFAULT_MANIFEST``); the config check in
-        :meth:`from_onnx` refuses a manifest whose model is another file.
-        """
-        path = config.get(ONNX_PATH_KEY)
-        return cls.from_onnx(Path(path) if path else _default_onnx_path(), config)
-
-    @classmethod
     def from_manifest(cls, manifest: Any) -> GeneratorTwin:
-        """A ``TorchRunner(factory=...)`` callable: the manifest's own ONNX file, any location."""
+        """TorchRunner's factory hook: the manifest's own ONNX file (any location) and config."""
         return cls.from_onnx(manifest.onnx_path, manifest.raw.get("config", {}))

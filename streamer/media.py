@@ -336,22 +336,20 @@ class SessionMedia:
         motions = await self._motions(block)
         if not len(motions):
             return []
-        if self.render_batcher is None:
-            return list(await self.scheduler.run(
-                functools.partial(self._render, motions, offset)))
-        batcher = self.render_batcher
-        try:
-            return list(await asyncio.gather(*(
-                batcher.infer(RenderRequest(self.render_key, clip_motion(m + offset), self.stamp))
-                for m in motions)))
-        except Exception as exc:  # the graph's engine failed (GPU out of memory, a lost device)
-            # The session goes on, on the CPU renderer, rather than freezing on its last frame.
-            log.warning("renderer graph failed (%s): this session renders on the CPU now", exc)
-            self.render_batcher = None
-            self.stats.render_fallbacks += 1
-            self._on_event({"type": "renderer_fallback", "reason": str(exc)[:200]})
-            return list(await self.scheduler.run(
-                functools.partial(self._render, motions, offset)))
+        if self.render_batcher is not None:
+            batcher = self.render_batcher
+            try:
+                return list(await asyncio.gather(*(
+                    batcher.infer(RenderRequest(self.render_key, clip_motion(m + offset),
+                                                self.stamp))
+                    for m in motions)))
+            except Exception as exc:  # the graph's engine failed (GPU out of memory, lost device)
+                # The session goes on, on the CPU renderer, rather than freezing on its last frame.
+                log.warning("renderer graph failed (%s): this session renders on the CPU now", exc)
+                self.render_batcher = None
+                self.stats.render_fallbacks += 1
+                self._on_event({"type": "renderer_fallback", "reason": str(exc)[:200]})
+        return list(await self.scheduler.run(functools.partial(self._render, motions, offset)))
 
     async def _motions(self, block: np.ndarray) -> np.ndarray:
         """The motion frames ``block`` completes: through the shared generator batcher, or

@@ -34,7 +34,7 @@ def manifest() -> ModelManifest:
 def twin(manifest: ModelManifest):  # type: ignore[no-untyped-def]
     from export.generator_twin import GeneratorTwin
 
-    return GeneratorTwin.from_manifest_config(manifest.raw["config"])
+    return GeneratorTwin.from_manifest(manifest)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_manifest_names_the_twin(manifest: ModelManifest) -> None:
 
 
 def test_torch_runner_builds_the_twin(manifest: ModelManifest, ort_session) -> None:  # type: ignore[no-untyped-def]
-    """The runtime path: TorchRunner → manifest torch_factory → from_manifest_config; feeds may
+    """The runtime path: TorchRunner → manifest torch_factory → from_manifest; feeds may
     be numpy or torch tensors (check_feeds reads dtype and shape from either)."""
     from engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
