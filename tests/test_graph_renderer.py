@@ -3,7 +3,6 @@ stamped uint8 frames, and a session's media played through it matching the CPU r
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,8 @@ import pytest
 
 pytest.importorskip("torch")  # exporting the graph needs the export extra
 
-from engines.baseline_driver import BaselineConfig, BaselineDriver
+from test_media import _run
+
 from engines.graph_renderer import (
     GraphRenderer,
     GraphUnavailableError,
@@ -26,8 +26,7 @@ from engines.watermark import detect_frames
 from export.engine_export import export_renderer
 from export.parity import psnr
 from streamer.batcher import WindowBatcher
-from streamer.clock import VirtualClock
-from streamer.media import AVPair, SessionMedia
+from streamer.media import AVPair
 
 SPEECH = motion(jaw_open=0.6, lip_stretch=0.5, head_yaw=0.4, blink_l=0.8, blink_r=0.8)
 
@@ -155,29 +154,11 @@ class InlineScheduler:
 
 def _played(renderer, render_batcher: WindowBatcher | None, audio: np.ndarray,  # type: ignore[no-untyped-def]
             stamp: ProvenanceStamp) -> list[AVPair]:
-    async def scenario() -> list[AVPair]:
-        clock = VirtualClock()
-        media = SessionMedia(renderer, BaselineDriver(BaselineConfig(seed=3)), InlineScheduler(),  # type: ignore[arg-type]
-                             clock, depth=3, live=False, stamp=stamp,
-                             render_batcher=render_batcher, render_key="default")
-        sub = media.subscribe()
-        played: list[AVPair] = []
-
-        async def collect() -> None:
-            while (pair := await sub.video.get()) is not None:
-                played.append(pair)
-
-        task = asyncio.create_task(collect())
-        media.start()
-        media.push_audio(audio)
-        await clock.advance(len(audio) / 16000 + 0.6)
-        await media.aclose()
-        await task
-        if render_batcher is not None:
-            await render_batcher.aclose()
-        return played
-
-    return asyncio.run(scenario())
+    """Every pair one session plays for ``audio`` (test_media's harness, on virtual time)."""
+    played, _, _ = _run(renderer, len(audio) / 16000 + 0.6, live=False,
+                        setup=lambda m: m.push_audio(audio), stamp=stamp,
+                        render_batcher=render_batcher, render_key="default")
+    return played
 
 
 @pytest.mark.slow

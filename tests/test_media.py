@@ -39,13 +39,15 @@ def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
 
 def _run(renderer, seconds: float, live: bool, setup: Callable[[SessionMedia], Any] | None = None,
          delay: float = 0.0, actions: list[tuple[float, Callable[[SessionMedia], Any]]] | None
-         = None) -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:  # type: ignore[no-untyped-def]
+         = None, **media_options: Any
+         ) -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:  # type: ignore[no-untyped-def]
+    """Play ``seconds`` of virtual time; ``media_options`` go to SessionMedia (stamp, batchers)."""
     async def scenario() -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:
         clock = VirtualClock()
         events: list[dict[str, Any]] = []
         media = SessionMedia(renderer, BaselineDriver(BaselineConfig()),
                              InlineScheduler(clock, delay), clock, depth=3, live=live,  # type: ignore[arg-type]
-                             on_event=events.append)
+                             on_event=events.append, **media_options)
         sub = media.subscribe()
         played: list[AVPair] = []
 
