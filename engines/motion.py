@@ -11,6 +11,7 @@ Units are deliberately abstract (``-1..1`` or ``0..1``) so that models never see
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,7 @@ MOTION_DIM = len(MOTION_DIMS)
 INDEX: dict[str, int] = {name: i for i, name in enumerate(MOTION_NAMES)}
 LOW = np.array([d.low for d in MOTION_DIMS], dtype=np.float32)
 HIGH = np.array([d.high for d in MOTION_DIMS], dtype=np.float32)
+REST = np.array([d.rest for d in MOTION_DIMS], dtype=np.float32)
 
 
 def rest_motion() -> np.ndarray:
@@ -77,10 +79,25 @@ def motion(**values: float) -> np.ndarray:
 
 
 def clip_motion(vec: np.ndarray) -> np.ndarray:
-    """Clamp a (..., MOTION_DIM) array to the valid ranges; the rig never sees wild values."""
+    """Clamp a (..., MOTION_DIM) array to the valid ranges; the rig never sees wild values.
+
+    A non-finite value (NaN from a bad control, ±inf from an overflowing sum) becomes that
+    dimension's rest value: ``np.clip`` passes NaN through, and a NaN coordinate reaching
+    OpenCV's remap or fillPoly crashes the whole process, not just the session.
+    """
     if vec.shape[-1] != MOTION_DIM:
         raise ValueError(f"motion vectors have {MOTION_DIM} dims, got shape {vec.shape}")
+    vec = np.asarray(vec, dtype=np.float32)
+    finite = np.isfinite(vec)
+    if not finite.all():
+        vec = np.where(finite, vec, np.broadcast_to(REST, vec.shape))
     return np.clip(vec, LOW, HIGH).astype(np.float32, copy=False)
+
+
+def finite_clip(value: float, low: float, high: float, default: float) -> float:
+    """One scalar control, finite and within ``low..high`` (``default`` when not finite)."""
+    value = float(value)
+    return default if not math.isfinite(value) else min(max(value, low), high)
 
 
 # Emotion presets: offsets added to the driver's motion (VASA-1's emotion control), scaled by

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import (
-    Depends,
     FastAPI,
     File,
     Form,
@@ -30,13 +29,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engines.audio_io import pcm16_to_float
 from engines.errors import AvatarInputError
 from streamer.avatars import CONSENT_STATEMENT, ConsentRecord
-from streamer.errors import ApiError, TooLarge, Unauthorized
+from streamer.errors import ApiError, TooLarge
+from streamer.guard import BodyLimit, GuardConfig, RequestGuard
+from streamer.memory import release_free_heap
 from streamer.messages import ClientMessage, parse_client_message
 from streamer.sessions import SessionManager, VideoOptions
 from streamer.voice import synthesize
@@ -46,6 +47,10 @@ CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
 MAX_WS_BINARY = 64 * 1024  # bytes per PCM message (2 s of 16 kHz s16)
 MAX_SPEAK_CHARS = 2000
 MAX_VERIFY_BYTES = 200 * 2**20  # a few seconds of even a 4K clip; verify reads ≤ 6 s of it
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and form fields around an uploaded file
+MAX_SESSION_BODY = 256 * 1024  # a session request: an SDP offer (≤ 200 000 characters) + a little
+MAX_OUTBOX = 256  # server events queued for one WebSocket; a client that reads none is cut off
+WS_NORMAL, WS_SLOW_CLIENT, WS_SHUTDOWN = 1000, 1008, 1012
 CONSENT_YES = frozenset({"true", "yes", "1", "on"})
 
 
@@ -93,13 +98,16 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
                         headers=headers)
 
 
-def _refuse_declared_oversize(request: Request, limit: int, code: str) -> None:
-    """Refuse an upload whose declared length exceeds ``limit`` (+ 64 KiB of multipart
-    overhead) before reading it; the read itself is bounded again by the caller."""
-    length = int(request.headers.get("content-length") or 0)
-    if length > limit + 64 * 1024:
-        raise TooLarge(f"upload is {length / 2**20:.1f} MiB; the limit is "
-                       f"{limit // 2**20} MiB", code=code)
+def body_limits(max_upload: int) -> tuple[BodyLimit, ...]:
+    """Each route's body limit, enforced by :class:`streamer.guard.RequestGuard` before the
+    route reads anything (any other route: 64 KiB)."""
+    return (
+        BodyLimit("POST", r"/v1/avatars", max_upload + MULTIPART_OVERHEAD, "image_too_large"),
+        BodyLimit("POST", r"/v1/verify", MAX_VERIFY_BYTES + MULTIPART_OVERHEAD,
+                  "file_too_large"),
+        BodyLimit("POST", r"/v1/sessions", MAX_SESSION_BODY),
+        BodyLimit("POST", r"/v1/sessions/[^/]+/viewers", MAX_SESSION_BODY),
+    )
 
 
 def create_app(manager: SessionManager, token: str | None = None,
@@ -107,6 +115,10 @@ def create_app(manager: SessionManager, token: str | None = None,
                lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="Vivify", version="0.1.0", lifespan=lifespan,
                   description="Real-time talking-head avatars from one portrait.")
+    # Origin, token and body size are checked from the headers, before any route runs
+    # (streamer/guard.py); CORS sits outside it so preflights are answered without a token.
+    app.add_middleware(RequestGuard, config=GuardConfig(
+        token=token, allowed_origins=cors_origins, limits=body_limits(max_upload)))
     if cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
                            allow_methods=["*"], allow_headers=["*"])
@@ -151,16 +163,6 @@ def create_app(manager: SessionManager, token: str | None = None,
         return _error(exc.status_code, "not_found" if exc.status_code == 404 else "http_error",
                       str(exc.detail))
 
-    def check_token(request: Request) -> None:
-        if token is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise Unauthorized("missing or wrong bearer token")
-
-    auth = [Depends(check_token)]
-
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "sessions": len(manager.sessions), "capacity": manager.capacity,
@@ -189,7 +191,7 @@ def create_app(manager: SessionManager, token: str | None = None,
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ avatars
-    @app.post("/v1/avatars", status_code=201, dependencies=auth, tags=["avatars"])
+    @app.post("/v1/avatars", status_code=201, tags=["avatars"])
     async def create_avatar(
         request: Request, image: Annotated[UploadFile, File()],
         consent: Annotated[str | None, Form(description=CONSENT_STATEMENT)] = None,
@@ -204,18 +206,17 @@ def create_app(manager: SessionManager, token: str | None = None,
         record_consent = ConsentRecord.now(
             by=(consent_by or "").strip() or "unnamed uploader",
             address=request.client.host if request.client else "unknown")
-        _refuse_declared_oversize(request, max_upload, "image_too_large")
         data = await image.read(max_upload + 1)
         if len(data) > max_upload:
             raise TooLarge(f"upload exceeds {max_upload // 2**20} MiB", code="image_too_large")
         record = await manager.avatars.create(data, consent=record_consent)
         return record.public()
 
-    @app.get("/v1/avatars", dependencies=auth, tags=["avatars"])
+    @app.get("/v1/avatars", tags=["avatars"])
     async def list_avatars() -> dict[str, Any]:
         return {"avatars": [r.public() for r in manager.avatars.list()]}
 
-    @app.get("/v1/avatars/{avatar_id}", dependencies=auth, tags=["avatars"])
+    @app.get("/v1/avatars/{avatar_id}", tags=["avatars"])
     async def get_avatar(avatar_id: str) -> dict[str, Any]:
         return manager.avatars.get(avatar_id).public()
 
@@ -225,13 +226,13 @@ def create_app(manager: SessionManager, token: str | None = None,
         return Response(await manager.avatars.preview(avatar_id), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=3600"})
 
-    @app.delete("/v1/avatars/{avatar_id}", status_code=204, dependencies=auth, tags=["avatars"])
+    @app.delete("/v1/avatars/{avatar_id}", status_code=204, tags=["avatars"])
     async def delete_avatar(avatar_id: str) -> Response:
         manager.avatars.delete(avatar_id)
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ sessions
-    @app.post("/v1/sessions", status_code=201, dependencies=auth, tags=["sessions"])
+    @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(body: SessionRequest) -> dict[str, Any]:
         manager.avatars.get(body.avatar)
         if body.video.size != manager.config.size:
@@ -247,18 +248,20 @@ def create_app(manager: SessionManager, token: str | None = None,
             out["answer"] = answer
         return out
 
-    @app.post("/v1/sessions/{session_id}/viewers", status_code=201, dependencies=auth,
+    @app.post("/v1/sessions/{session_id}/viewers", status_code=201,
               tags=["sessions"])
     async def add_viewer(session_id: str, body: ViewerRequest) -> dict[str, Any]:
         session = manager.get(session_id)
+        session.touch()
         viewer_id, answer = await session.add_viewer(body.offer.model_dump())
         return {"viewer": viewer_id, "answer": answer}
 
-    @app.post("/v1/sessions/{session_id}/speak", status_code=202, dependencies=auth,
+    @app.post("/v1/sessions/{session_id}/speak", status_code=202,
               tags=["sessions"])
     async def speak(session_id: str, body: SpeakRequest) -> dict[str, Any]:
         """Say ``text`` with the built-in demo voice (espeak-ng), as if an agent sent it."""
         session = manager.get(session_id)
+        session.touch()
         audio = await synthesize(body.text, body.voice)
         try:
             session.media.push_audio(audio)
@@ -267,11 +270,11 @@ def create_app(manager: SessionManager, token: str | None = None,
         session.media.segment_end()
         return {"duration_ms": len(audio) * 1000 // 16000}
 
-    @app.get("/v1/sessions/{session_id}", dependencies=auth, tags=["sessions"])
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"])
     async def session_stats(session_id: str) -> dict[str, Any]:
         return manager.get(session_id).stats()
 
-    @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=auth,
+    @app.delete("/v1/sessions/{session_id}", status_code=204,
                 tags=["sessions"])
     async def delete_session(session_id: str) -> Response:
         await manager.get(session_id).aclose("deleted by the API")
@@ -279,62 +282,74 @@ def create_app(manager: SessionManager, token: str | None = None,
 
     @app.websocket("/v1/sessions/{session_id}/ws")
     async def session_ws(ws: WebSocket, session_id: str) -> None:
-        if token is not None:
-            given = ws.query_params.get("token") or ws.headers.get("authorization", "")[7:]
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                await ws.close(code=4401, reason="missing or wrong bearer token")
-                return
+        """The driver API (docs/api.md). Origin and token were checked by the guard (close
+        4403/4401); an unknown session closes with 4404. When the session ends its
+        ``session_closed`` event is sent, then the close frame: 1012 if the server is shutting
+        down, 1000 otherwise."""
+        await ws.accept()
         session = manager.sessions.get(session_id)
         if session is None:
-            await ws.close(code=4404, reason=f"no session {session_id}")
+            await ws.close(code=4404, reason=f"no session {session_id[:64]}")
             return
-        await ws.accept()
-        outbox: list[dict[str, Any]] = []
+        outbox: deque[dict[str, Any]] = deque()
         wake = asyncio.Event()
+        overflow = False
 
         def send(event: dict[str, Any]) -> None:
-            outbox.append(event)
+            nonlocal overflow
+            if len(outbox) >= MAX_OUTBOX:
+                overflow = True  # the client reads nothing: cut it off, the session goes on
+            else:
+                outbox.append(event)
             wake.set()
 
         async def pump() -> None:
             while True:
                 await wake.wait()
                 wake.clear()
+                if overflow:
+                    await ws.close(code=WS_SLOW_CLIENT, reason="events not read: outbox full")
+                    return
                 while outbox:
-                    await ws.send_text(json.dumps(outbox.pop(0)))
+                    event = outbox.popleft()
+                    await ws.send_text(json.dumps(event))
+                    if event.get("code") == "session_closed":
+                        await ws.close(code=WS_SHUTDOWN if manager.shutting_down else WS_NORMAL,
+                                       reason=str(event.get("message", ""))[:100])
+                        return
 
         session.sockets.add(send)
         pump_task = asyncio.create_task(pump())
+        reader = asyncio.create_task(_read_messages(ws, session, send))
         try:
-            async for message in _messages(ws):
-                _handle_ws(session, message, send)
-                if session.closed:
-                    break
-        except WebSocketDisconnect:
-            pass
+            await asyncio.wait({pump_task, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             session.sockets.discard(send)
-            pump_task.cancel()
-            with contextlib.suppress(BaseException):
-                await pump_task
+            for task in (pump_task, reader):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     # ------------------------------------------------------------------ provenance
     verify_slot = asyncio.Semaphore(1)  # ~1–2 s of CPU each: one at a time, sessions first
 
-    @app.post("/v1/verify", dependencies=auth, tags=["provenance"])
+    @app.post("/v1/verify", tags=["provenance"])
     async def verify(request: Request, file: Annotated[UploadFile, File()]) -> dict[str, Any]:
         """Is this video or image marked by Vivify? Same answer as ``vivify verify --json``."""
-        from streamer.verify import VerifyInputError, verify_file
+        from streamer.verify import VerifyInputError, VerifyTooLarge, verify_file
 
-        _refuse_declared_oversize(request, MAX_VERIFY_BYTES, "file_too_large")
         if file.size is not None and file.size > MAX_VERIFY_BYTES:
             raise TooLarge(f"upload exceeds {MAX_VERIFY_BYTES // 2**20} MiB",
                            code="file_too_large")
         async with verify_slot:
             try:
                 result = await asyncio.to_thread(verify_file, file.file)
+            except VerifyTooLarge as exc:
+                raise TooLarge(str(exc), code=exc.code) from exc
             except VerifyInputError as exc:
-                raise ApiError(str(exc), code="unreadable_media", status=422) from exc
+                raise ApiError(str(exc), code=exc.code, status=422) from exc
+            finally:
+                release_free_heap()  # decoded frames are freed: give the pages back
         out: dict[str, Any] = json.loads(result.to_json())
         out["file"] = file.filename or "upload"
         return out
@@ -342,6 +357,16 @@ def create_app(manager: SessionManager, token: str | None = None,
     if CLIENT_DIR.is_dir():
         app.mount("/", StaticFiles(directory=CLIENT_DIR, html=True), name="client")
     return app
+
+
+async def _read_messages(ws: WebSocket, session: Any, send: Any) -> None:
+    """Apply the client's messages until it leaves or the session ends."""
+    with contextlib.suppress(WebSocketDisconnect):
+        async for message in _messages(ws):
+            session.touch()
+            _handle_ws(session, message, send)
+            if session.closed:
+                return
 
 
 async def _messages(ws: WebSocket) -> AsyncIterator[bytes | str]:
@@ -370,8 +395,8 @@ def _handle_ws(session: Any, message: bytes | str, send: Any) -> None:
         return
     try:
         parsed: ClientMessage = parse_client_message(message)
-    except (ValueError, ValidationError) as exc:
-        send({"type": "error", "code": "bad_message", "message": str(exc).splitlines()[0]})
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        send({"type": "error", "code": "bad_message", "message": str(exc)[:300]})
         return
     if parsed.type == "interrupt":
         session.media.interrupt()

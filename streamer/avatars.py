@@ -8,6 +8,7 @@ Records persist as small JSON files next to the uploaded image, so ids survive a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -60,7 +61,8 @@ class AvatarRecord:
     height: int
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
-    consent: dict[str, str] | None = None  # ConsentRecord as a dict; None only in old records
+    consent: dict[str, str] | None = None  # the first ConsentRecord; None only in old records
+    consent_history: list[dict[str, str]] = field(default_factory=list)  # every one, oldest first
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,17 +73,22 @@ class AvatarStore:
         self.root = root
         self.size = size
         self.uploads = root / "uploads"
-        self.uploads.mkdir(parents=True, exist_ok=True)
+        # Portraits are personal data: the folder and every file in it are the owner's only.
+        self.uploads.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.uploads.chmod(0o700)
         self.preparer = preparer or AvatarPreparer(cache_dir=root / "avatars")
         self._prepare_lock = threading.Lock()
         self._renderers: dict[str, Renderer] = {}
+        self._loading: dict[str, asyncio.Future[Renderer]] = {}
         self._records: dict[str, AvatarRecord] = {}
         self._load_records()
 
     def _load_records(self) -> None:
         for meta in self.uploads.glob("*.json"):
             try:
-                self._records[meta.stem] = AvatarRecord(**json.loads(meta.read_text()))
+                record = AvatarRecord(**json.loads(meta.read_text()))
+                record.consent_history = self.consents(record.id)
+                self._records[meta.stem] = record
             except (ValueError, TypeError) as exc:
                 log.warning("skipping damaged avatar record %s: %s", meta, exc)
 
@@ -114,15 +121,33 @@ class AvatarStore:
         """
         pack = await asyncio.to_thread(self._prepare, data)
         avatar_id = hashlib.sha256(data).hexdigest()[:16]
+        _append_private(self._consent_path(avatar_id), json.dumps(asdict(consent)) + "\n")
+        earlier = self._records.get(avatar_id)
+        if earlier is not None:  # the same image again: one more consent in its history
+            earlier.consent_history = self.consents(avatar_id)
+            return earlier
         record = self._record(avatar_id, pack, consent)
-        tmp = self.uploads / f".{avatar_id}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self._image_path(avatar_id))
-        meta_tmp = self.uploads / f".{avatar_id}.json.tmp"
-        meta_tmp.write_text(json.dumps(record.public()))
-        os.replace(meta_tmp, self.uploads / f"{avatar_id}.json")
+        record.consent_history = self.consents(avatar_id)
+        _write_private(self._image_path(avatar_id), data)
+        stored = {k: v for k, v in record.public().items() if k != "consent_history"}
+        _write_private(self.uploads / f"{avatar_id}.json", json.dumps(stored).encode())
         self._records[avatar_id] = record
         return record
+
+    def _consent_path(self, avatar_id: str) -> Path:
+        return self.uploads / f"{avatar_id}.consent.jsonl"
+
+    def consents(self, avatar_id: str) -> list[dict[str, str]]:
+        """Every consent given for this avatar, oldest first (an append-only log: a re-upload
+        of the same image adds to it, never replaces what was asserted before)."""
+        path = self._consent_path(avatar_id)
+        if not path.is_file():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
 
     def list(self) -> list[AvatarRecord]:
         return sorted(self._records.values(), key=lambda r: r.created)
@@ -139,15 +164,34 @@ class AvatarStore:
         self.get(avatar_id)
         self._records.pop(avatar_id, None)
         self._renderers.pop(avatar_id, None)
-        for p in (self._image_path(avatar_id), self.uploads / f"{avatar_id}.json"):
+        for p in (self._image_path(avatar_id), self.uploads / f"{avatar_id}.json",
+                  self._consent_path(avatar_id)):
             p.unlink(missing_ok=True)
 
     async def renderer(self, avatar_id: str) -> Renderer:
+        """The avatar's shared renderer, built on first use. Concurrent first uses wait for
+        one build instead of each preparing the pack again."""
         self.get(avatar_id)
-        if avatar_id not in self._renderers:
-            pack = await asyncio.to_thread(self._prepare, self._image_path(avatar_id))
-            self._renderers[avatar_id] = await asyncio.to_thread(Renderer, pack)
-        return self._renderers[avatar_id]
+        if avatar_id in self._renderers:
+            return self._renderers[avatar_id]
+        loading = self._loading.get(avatar_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._build_renderer(avatar_id))
+            self._loading[avatar_id] = loading
+            loading.add_done_callback(lambda f: self._loaded(avatar_id, f))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, avatar_id: str, future: asyncio.Future[Renderer]) -> None:
+        self._loading.pop(avatar_id, None)
+        if not future.cancelled():
+            future.exception()  # retrieved here: every waiter may have gone (a client left)
+
+    async def _build_renderer(self, avatar_id: str) -> Renderer:
+        pack = await asyncio.to_thread(self._prepare, self._image_path(avatar_id))
+        renderer = await asyncio.to_thread(Renderer, pack)
+        if avatar_id in self._records:  # not deleted meanwhile
+            self._renderers[avatar_id] = renderer
+        return renderer
 
     async def preview(self, avatar_id: str) -> bytes:
         """The avatar's aligned face crop as JPEG, for pickers and previews."""
@@ -162,3 +206,19 @@ class AvatarStore:
 
     def clear_cache(self) -> None:
         shutil.rmtree(self.root / "avatars", ignore_errors=True)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` atomically, readable by the owner only (0600 from creation on)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _append_private(path: Path, text: str) -> None:
+    """Append one line to an owner-only log (O_APPEND: earlier lines are never rewritten)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(text)

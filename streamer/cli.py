@@ -106,7 +106,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         disclosure_label=args.label, label_text=args.label_text, driver=args.driver,
         runtime=args.runtime, renderer=args.renderer,
         renderer_model=Path(args.renderer_model) if args.renderer_model else None,
-        renderer_runtime=args.renderer_runtime)
+        renderer_runtime=args.renderer_runtime, session_idle_timeout=args.idle_timeout)
     return serve(config)
 
 
@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=None, help="TLS certificate (VIVIFY_TLS_CERT)")
     p.add_argument("--tls-key", default=None, help="TLS private key (VIVIFY_TLS_KEY)")
     p.add_argument("--cors", action="append", help="allowed CORS origin (repeatable)")
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="end a session after this long unattended: no viewer, peer, audio or "
+                        "message (VIVIFY_IDLE_TIMEOUT, 300; 0 = never)")
     p.add_argument("--max-sessions", type=int, default=None,
                    help="admission limit; 0 measures it at start (VIVIFY_MAX_SESSIONS)")
     p.add_argument("--workers", type=int, default=None, help="inference threads (cores)")

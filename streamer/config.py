@@ -25,7 +25,9 @@ class ServerConfig:
     max_viewers_per_session: int = 16
     max_upload_bytes: int = 25 * 1024 * 1024
     max_ws_buffer_seconds: float = 120.0  # audio an agent may queue ahead of playback
-    session_idle_timeout: float = 300.0  # s without any peer, viewer or WebSocket
+    # s unattended (no viewer, no connected peer, no audio playing, no API or WebSocket
+    # message) before a session ends; 0 = never. `vivify serve --idle-timeout`.
+    session_idle_timeout: float = 300.0
     fps: int = 25
     size: int = 512
     audio_prefetch_frames: int = 1  # incoming Opus packets held for reordering (aiortc: 4)
@@ -47,6 +49,10 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the token must not be empty: omit --token to run without one")
+        if not self.session_idle_timeout >= 0:  # also refuses NaN
+            raise ValueError("idle timeout must be ≥ 0 seconds (0 = never)")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be within 1..65535, got {self.port}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -78,7 +84,8 @@ class ServerConfig:
         values: dict[str, object] = {
             "host": _env("HOST", cls.host),
             "port": int(_env("PORT", str(cls.port))),
-            "token": os.environ.get("VIVIFY_TOKEN") or None,
+            "token": os.environ.get("VIVIFY_TOKEN"),  # set but empty: refused, not "open"
+            "session_idle_timeout": float(_env("IDLE_TIMEOUT", str(cls.session_idle_timeout))),
             "cors_origins": tuple(o for o in _env("CORS_ORIGINS", "").split(",") if o),
             "max_sessions": int(_env("MAX_SESSIONS", "0")),
             "disclosure_label": _env("LABEL", cls.disclosure_label),

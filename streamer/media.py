@@ -29,7 +29,7 @@ import numpy as np
 from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from engines.driver import BatchableDriver, MotionDriver
 from engines.graph_renderer import RenderRequest
-from engines.motion import INDEX, MOTION_DIM, clip_motion, emotion_offset
+from engines.motion import EMOTIONS, INDEX, MOTION_DIM, clip_motion, emotion_offset, finite_clip
 from engines.provenance import ProvenanceStamp
 from engines.renderer import Renderer
 from streamer.batcher import WindowBatcher
@@ -62,19 +62,31 @@ class AVPair:
 
 @dataclass
 class Controls:
-    """VASA-1 style optional signals, applied on top of whatever the driver produces."""
+    """VASA-1 style optional signals, applied on top of whatever the driver produces.
+
+    The API validates every value at its edge; the engine clamps them again here (finite,
+    within range) so no caller — the API, a plugin, a test — can hand OpenCV or an ONNX graph
+    a NaN or an infinity.
+    """
 
     emotion: str = "neutral"
     intensity: float = 1.0
     gaze: tuple[float, float] | None = None
     distance: float = 0.0  # -1 far .. 1 near
 
+    def _clamped(self) -> tuple[str, float, tuple[float, float], float]:
+        emotion = self.emotion if self.emotion in EMOTIONS else "neutral"
+        intensity = finite_clip(self.intensity, 0.0, 1.0, 1.0)
+        gx, gy = self.gaze if self.gaze is not None else (0.0, 0.0)
+        gaze = (finite_clip(gx, -1.0, 1.0, 0.0), finite_clip(gy, -1.0, 1.0, 0.0))
+        return emotion, intensity, gaze, finite_clip(self.distance, -1.0, 1.0, 0.0)
+
     def offset(self) -> np.ndarray:
-        vec = emotion_offset(self.emotion, self.intensity)
-        if self.gaze is not None:
-            vec[INDEX["gaze_x"]] += GAZE_GAIN * self.gaze[0]
-            vec[INDEX["gaze_y"]] += GAZE_GAIN * self.gaze[1]
-        vec[INDEX["head_scale"]] += DISTANCE_GAIN * self.distance
+        emotion, intensity, gaze, distance = self._clamped()
+        vec = emotion_offset(emotion, intensity)
+        vec[INDEX["gaze_x"]] += GAZE_GAIN * gaze[0]
+        vec[INDEX["gaze_y"]] += GAZE_GAIN * gaze[1]
+        vec[INDEX["head_scale"]] += DISTANCE_GAIN * distance
         return vec
 
     def model_input(self) -> np.ndarray:
@@ -82,10 +94,8 @@ class Controls:
         (no offset is added to its motion)."""
         from engines.motion_generator import control_vector
 
-        gaze = ((float(np.clip(self.gaze[0], -1, 1)), float(np.clip(self.gaze[1], -1, 1)))
-                if self.gaze else (0.0, 0.0))
-        return control_vector(gaze, float(np.clip(self.distance, -1, 1)), self.emotion,
-                              self.intensity)
+        emotion, intensity, gaze, distance = self._clamped()
+        return control_vector(gaze, distance, emotion, intensity)
 
 
 @dataclass

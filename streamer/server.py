@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import signal
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import uvicorn
 from fastapi import FastAPI
 
 from engines.driver import MotionDriver
@@ -40,6 +42,53 @@ from streamer.sessions import SessionManager
 log = logging.getLogger("vivify")
 HEADROOM = 0.75
 UNTIMED_S_PER_FRAME = 0.008  # per-session CPU per frame beyond render + encode (make bench)
+
+
+WS_MAX_MESSAGE = 128 * 1024  # the largest WebSocket message a client may send (PCM ≤ 64 KiB)
+
+
+class RedactSecrets(logging.Filter):
+    """Keep the token out of every log line: uvicorn logs each request path with its query
+    string (``/v1/sessions/…/ws?token=…``), and an exception may quote a header."""
+
+    PATTERNS = (re.compile(r"(token=)[^&\s\"']+", re.I),
+                re.compile(r"(bearer\s+)[^\s\"',]+", re.I))
+
+    def __init__(self, token: str | None) -> None:
+        super().__init__()
+        self.token = token
+
+    def redact(self, text: str) -> str:
+        for pattern in self.PATTERNS:
+            text = pattern.sub(r"\1[redacted]", text)
+        if self.token:
+            text = text.replace(self.token, "[redacted]")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class VivifyServer(uvicorn.Server):
+    """uvicorn's server, with the sessions closed *before* uvicorn closes the connections.
+
+    uvicorn's shutdown closes every WebSocket with 1012 first and runs the app's lifespan
+    shutdown last, so a client would never hear why its session ended. Closing the sessions
+    first sends each socket its ``session_closed`` event, then the 1012 (streamer/app.py).
+    """
+
+    def __init__(self, config: uvicorn.Config, manager: SessionManager) -> None:
+        super().__init__(config)
+        self.manager = manager
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        await self.manager.shutdown()
+        await asyncio.sleep(0.05)  # the sockets' pumps flush their last event and close
+        await super().shutdown(sockets)
 
 
 class JsonFormatter(logging.Formatter):
@@ -172,7 +221,7 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
         try:
             yield
         finally:
-            await manager.close_all()
+            await manager.shutdown()
             for b in (batcher, render_batcher):
                 if b is not None:
                     await b.aclose()
@@ -186,15 +235,17 @@ def build(config: ServerConfig, home: Path | None = None) -> tuple[FastAPI, Sess
 
 
 def serve(config: ServerConfig) -> int:
-    import uvicorn
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactSecrets(config.token))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     if config.token is None and config.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("no bearer token set while listening on %s: anyone can connect",
                     config.host)
-    app, _ = build(config)
+    elif config.token is None:
+        log.info("no bearer token: any program on this machine can use the API "
+                 "(browser pages of other sites cannot: their Origin is refused)")
+    app, manager = build(config)
     scheme = "https" if config.tls_cert else "http"
     print(f"Vivify is starting on {scheme}://{config.host}:{config.port}/ "
           f"(API docs at /docs)", flush=True)
@@ -202,9 +253,11 @@ def serve(config: ServerConfig) -> int:
     # no-op handler there lets the process exit 0 after a clean drain instead of dying by it.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    uvicorn.run(app, host=config.host, port=config.port, log_config=None,
-                ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
-                ssl_keyfile=str(config.tls_key) if config.tls_key else None,
-                timeout_graceful_shutdown=5)
+    server = VivifyServer(uvicorn.Config(
+        app, host=config.host, port=config.port, log_config=None,
+        ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+        ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+        timeout_graceful_shutdown=5, ws_max_size=WS_MAX_MESSAGE), manager)
+    server.run()
     return 0
 

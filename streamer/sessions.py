@@ -14,7 +14,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,24 +67,39 @@ def _prefer_codec(pc: RTCPeerConnection, codec: str) -> None:
                                                == "video/rtx"])
 
 
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
 async def _answer(pc: RTCPeerConnection, offer: dict[str, str], video: MediaStreamTrack,
-                  audio: AvatarAudioTrack, codec: str, require_codec: bool = False
-                  ) -> dict[str, str]:
+                  audio: AvatarAudioTrack, codec: str, require_codec: bool = False,
+                  need_audio: bool = False) -> dict[str, str]:
+    """Answer ``offer`` with the avatar's video (and audio, if the offer has an audio
+    section). Any offer aiortc cannot take is a 400 ``bad_sdp`` with the reason: its parser
+    raises ValueError, KeyError, IndexError, AttributeError... depending on what is wrong."""
     try:
         desc = RTCSessionDescription(sdp=offer["sdp"], type=offer["type"])
         if desc.type != "offer":
             raise ValueError("expected an SDP offer")
         await pc.setRemoteDescription(desc)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ApiError(f"malformed SDP offer: {exc}", code="bad_sdp") from exc
+    except Exception as exc:
+        raise ApiError(f"malformed SDP offer: {_reason(exc)}", code="bad_sdp") from exc
     kinds = {t.kind for t in pc.getTransceivers()}
     if "video" not in kinds:
         raise ApiError("the offer has no video section: add a recvonly video transceiver",
                        code="bad_sdp")
+    if need_audio and "audio" not in kinds:
+        raise ApiError("a mirror session needs an audio section in the offer: the peer's "
+                       "microphone is what drives the avatar", code="bad_sdp")
     pc.addTrack(video)
-    pc.addTrack(audio)
+    if "audio" in kinds:  # a video-only offer gets a video-only answer
+        pc.addTrack(audio)
     _prefer_codec(pc, codec)
-    await pc.setLocalDescription(await pc.createAnswer())
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())
+    except Exception as exc:
+        raise ApiError(f"cannot answer this offer: {_reason(exc)}", code="bad_sdp") from exc
     sdp = pc.localDescription.sdp
     if require_codec and _video_codec(sdp) != codec:
         raise ApiError(f"this session streams {codec} and the offer does not accept it",
@@ -146,6 +161,8 @@ class Session:
         self.graph_key: str | None = None  # the avatar attached to the renderer graph, if any
         self.close_reason: str | None = None
         self._last_peer_audio = manager.clock.now()
+        self._last_activity = manager.clock.now()
+        self._live_slots_seen = 0
         self.fanout: VideoFanout | None = None  # one encode for all viewers (streamer/fanout.py)
 
     # ------------------------------------------------------------------ events
@@ -178,7 +195,7 @@ class Session:
 
         try:
             answer = await _answer(pc, offer, AvatarVideoTrack(sub), AvatarAudioTrack(sub),
-                                   self.video.codec)
+                                   self.video.codec, need_audio=self.mode == "mirror")
         except BaseException:
             self.media.unsubscribe(sub)
             raise
@@ -232,7 +249,7 @@ class Session:
         try:
             while True:
                 frame = await track.recv()
-                self._last_peer_audio = self.manager.clock.now()
+                self._last_peer_audio = self._last_activity = self.manager.clock.now()
                 for out in resampler.resample(frame):  # type: ignore[arg-type]
                     self.media.push_audio(np.asarray(out.to_ndarray(), np.float32).reshape(-1))
         except MediaStreamError:
@@ -244,6 +261,34 @@ class Session:
             await self.manager.clock.sleep(1.0)
             if self.manager.clock.now() - self._last_peer_audio > PEER_SILENT_TIMEOUT:
                 await self.aclose("no audio from the peer")
+                return
+
+    def touch(self) -> None:
+        """Someone used the session (a WebSocket message, a viewer, speech): not idle."""
+        self._last_activity = self.manager.clock.now()
+
+    def _attended(self) -> bool:
+        """Someone is there right now: a viewer, a connected main peer, or pushed audio
+        still playing. A WebSocket that only listens does not count: a broadcast with no
+        presenter audio and no viewers is idle, whoever holds its socket."""
+        if self.viewers or (self.pc is not None and self.pc.connectionState == "connected"):
+            return True
+        played, self._live_slots_seen = self._live_slots_seen, self.media.stats.live_slots
+        return self.media.stats.live_slots != played
+
+    def watch_idle(self, limit_s: float) -> None:
+        """End the session, through :meth:`aclose`, after ``limit_s`` seconds unattended and
+        untouched (``vivify serve --idle-timeout``)."""
+        self._spawn(self._watch_idle(limit_s), "idle")
+
+    async def _watch_idle(self, limit_s: float) -> None:
+        clock = self.manager.clock
+        while not self._closed:
+            await clock.sleep(min(1.0, limit_s / 4))
+            if self._attended():
+                self.touch()
+            elif clock.now() - self._last_activity >= limit_s:
+                await self.aclose(f"idle for {limit_s:g} s (no audio, viewer, peer or message)")
                 return
 
     # ------------------------------------------------------------------ state
@@ -324,6 +369,8 @@ class SessionManager:
         self.render_batcher = render_batcher
         self.graph_fallbacks = 0
         self.created_total = 0
+        self.shutting_down = False
+        self._reserved = 0  # admissions granted to creates still in progress
         self._gc_pending = False
 
     def wants_label(self, requested: bool | None) -> bool:
@@ -333,14 +380,37 @@ class SessionManager:
             return True if requested is None else requested
         return policy == "always"
 
+    @contextlib.contextmanager
+    def _admission(self) -> Iterator[None]:
+        """One place in the capacity, taken before any await and released on every path.
+
+        The check and the reservation happen with no await between them, so concurrent
+        creates cannot all pass the check while an avatar's renderer loads (measured before:
+        30 concurrent creates on a cold avatar, all 30 admitted with a cap of 4). A session
+        that got its place is in ``sessions`` before the reservation is returned.
+        """
+        if self.shutting_down:
+            raise Full("the server is shutting down", code="shutting_down")
+        if len(self.sessions) + self._reserved >= self.capacity:
+            raise Full(f"the server is running its maximum of {self.capacity} sessions",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+
     async def create(self, avatar: str, mode: Mode, video: VideoOptions,
                      offer: dict[str, str] | None, label: bool | None = None,
                      ) -> tuple[Session, dict[str, str] | None]:
-        if len(self.sessions) >= self.capacity:
-            raise Full(f"the server is running its maximum of {self.capacity} sessions",
-                       headers={"Retry-After": str(RETRY_AFTER_S)})
         if mode == "mirror" and offer is None:
             raise ApiError("mirror mode needs an SDP offer", code="offer_required")
+        with self._admission():
+            return await self._create(avatar, mode, video, offer, label)
+
+    async def _create(self, avatar: str, mode: Mode, video: VideoOptions,
+                      offer: dict[str, str] | None, label: bool | None,
+                      ) -> tuple[Session, dict[str, str] | None]:
         renderer = await self.avatars.renderer(avatar)
         holder: dict[str, Session] = {}
         session_id = uuid.uuid4().hex
@@ -359,6 +429,8 @@ class SessionManager:
         self.sessions[session.id] = session
         self.created_total += 1
         media.start()
+        if self.config.session_idle_timeout > 0:
+            session.watch_idle(self.config.session_idle_timeout)
         try:
             answer = await session.connect(offer) if offer is not None else None
         except BaseException:
@@ -424,3 +496,9 @@ class SessionManager:
     async def close_all(self, reason: str = "server shutting down") -> None:
         await asyncio.gather(*(s.aclose(reason) for s in list(self.sessions.values())),
                              return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Refuse new sessions and close every live one (each WebSocket gets its
+        ``session_closed`` event, then close code 1012). Safe to call twice."""
+        self.shutting_down = True
+        await self.close_all("server shutting down")

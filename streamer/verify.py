@@ -39,6 +39,24 @@ Source = str | os.PathLike[str] | IO[bytes]
 class VerifyInputError(ValueError):
     """The input could not be read as an image or a video (exit status 2)."""
 
+    code = "unreadable_media"
+
+
+class VerifyTooLarge(VerifyInputError):
+    """An image or video frame over the upload limit (:data:`engines.image_io.MAX_PIXELS`):
+    refused from its header, before a pixel is decoded."""
+
+    code = "image_too_large"
+
+
+def _check_pixels(source: Source, width: int, height: int) -> None:
+    from engines.image_io import MAX_PIXELS
+
+    if width * height > MAX_PIXELS:
+        raise VerifyTooLarge(f"{_name(source)} is {width}×{height} "
+                             f"({width * height / 1e6:.0f} MP); the limit is "
+                             f"{MAX_PIXELS / 1e6:.0f} MP")
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -87,6 +105,7 @@ def _read_image(source: Source, det: WatermarkDetector) -> tuple[int, int] | Non
     try:
         with Image.open(source) as im:
             size = im.size
+            _check_pixels(source, *size)  # from the header: nothing decoded yet
             animated = getattr(im, "n_frames", 1) > 1
             if animated and im.format in IMAGE_FORMATS_NOT_STILL:
                 return None  # let PyAV decode it as a video, with timestamps
@@ -118,6 +137,7 @@ def _read_video(source: Source, det: WatermarkDetector,
         if not container.streams.video:
             raise VerifyInputError(f"{_name(source)} has no video stream")
         stream = container.streams.video[0]
+        _check_pixels(source, stream.width or 0, stream.height or 0)
         stream.thread_type = "AUTO"
         width, height, start, last = stream.width, stream.height, None, 0.0
         try:
