@@ -400,6 +400,8 @@ def test_connect_disconnect_cycles_leak_nothing(server: LiveServer, speech: Path
 
 
 def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: Path) -> None:
+    """SIGTERM: each WebSocket hears ``session_closed`` before its 1012 close, the process
+    exits 0, and the token its clients sent (``?token=`` in the logged path) is not logged."""
     import os
     import signal
     import subprocess
@@ -410,8 +412,21 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
     env = dict(os.environ, VIVIFY_HOME=str(tmp_path))
     env.pop("VIVIFY_TOKEN", None)
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "serve", "--port", str(port),
-                             "--max-sessions", "2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--max-sessions", "2", "--token", TOKEN], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+
+    async def drain_over_websocket(session_id: str) -> tuple[dict[str, Any], int | None]:
+        url = f"ws://127.0.0.1:{port}/v1/sessions/{session_id}/ws?token={TOKEN}"
+        async with websockets.connect(url) as ws:
+            await ws.send('{"type":"stats"}')
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "stats"
+            proc.send_signal(signal.SIGTERM)
+            last = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            return last, ws.close_code
+
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -419,9 +434,10 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             time.sleep(0.2)
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={"mode": "broadcast"})
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={"mode": "broadcast"},
+                       headers=auth)
         assert r.status_code == 201
-        proc.send_signal(signal.SIGTERM)
+        event, close_code = asyncio.run(drain_over_websocket(r.json()["id"]))
         out, _ = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
@@ -429,6 +445,9 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
             out = proc.communicate()[0]
     assert proc.returncode == 0, out
     assert "closing: server shutting down" in out
+    assert event["type"] == "error" and event["code"] == "session_closed", event
+    assert close_code == 1012
+    assert "token=[redacted]" in out and TOKEN not in out
 
 
 def test_verify_endpoint_and_label_choice(server: LiveServer, astronaut: np.ndarray) -> None:
