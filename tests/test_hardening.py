@@ -523,3 +523,18 @@ def test_consent_is_a_history_and_files_are_private(client: Any, astronaut: np.n
     for f in uploads.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     assert client.delete(f"/v1/avatars/{ids[0]}").status_code == 204
+
+
+@pytest.mark.slow
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(route=st.sampled_from(["/v1/avatars", "/v1/verify"]), data=st.binary(max_size=2000),
+       fields=st.dictionaries(st.sampled_from(["consent", "consent_by", "other"]),
+                              st.text(max_size=300), max_size=3),
+       field_name=st.sampled_from(["image", "file", "junk"]))
+def test_any_upload_gets_a_documented_answer(client: Any, route: str, data: bytes,
+                                             fields: dict[str, str], field_name: str) -> None:
+    r = client.post(route, data=fields, files={field_name: ("x.bin", data, "image/png")})
+    assert r.status_code in {200, 201, 400, 413, 422}, r.text
+    if r.status_code >= 400:
+        assert r.json()["error"]["code"]
