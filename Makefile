@@ -8,7 +8,7 @@ STAMPS := .stamps
 APT_PACKAGES := espeak-ng sox chromium portaudio19-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test lint typecheck demo clean system-deps bench bench-quick bench-soak bench-stages bench-browser bench-compare bench-loopback bench-loopback-quick
+.PHONY: setup run test lint typecheck demo clean system-deps bench bench-quick bench-soak bench-stages bench-browser bench-compare bench-loopback bench-loopback-quick fuzz
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
 
@@ -82,6 +82,11 @@ bench: setup
 
 bench-quick: setup
 	$(PY) -m bench.run --quick
+
+# A hostile client against a real `vivify serve` on loopback (issue 15): every case bounded,
+# ~1 min; one line per case, JSON + server log in bench/results/fuzz-latest.*; exit 1 on a failure.
+fuzz: setup
+	$(PY) -m bench.fuzz
 
 # Server memory over 10 minutes of sessions opening and closing (not part of `make bench`).
 bench-soak: setup

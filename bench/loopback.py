@@ -91,7 +91,7 @@ from typing import Any
 
 import av
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -467,7 +467,7 @@ class Peer:
 
     def __post_init__(self) -> None:
         self.first_frame = asyncio.Event()
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track = LoggedAudioTrack(self.signal) if self.signal is not None else None
         self._tasks: list[asyncio.Task[None]] = []
 

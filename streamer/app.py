@@ -229,6 +229,7 @@ def create_app(manager: SessionManager, token: str | None = None,
     @app.delete("/v1/avatars/{avatar_id}", status_code=204, tags=["avatars"])
     async def delete_avatar(avatar_id: str) -> Response:
         manager.avatars.delete(avatar_id)
+        manager.collect_garbage_soon()  # its renderer and pack: tens of MB, freed now
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ sessions

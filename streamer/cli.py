@@ -102,6 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         cors_origins=tuple(args.cors) if args.cors else None,
+        ice_servers=tuple(args.ice_server) if args.ice_server else None,
         max_sessions=args.max_sessions, workers=args.workers,
         disclosure_label=args.label, label_text=args.label_text, driver=args.driver,
         runtime=args.runtime, renderer=args.renderer,
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default=None, help="TLS certificate (VIVIFY_TLS_CERT)")
     p.add_argument("--tls-key", default=None, help="TLS private key (VIVIFY_TLS_KEY)")
     p.add_argument("--cors", action="append", help="allowed CORS origin (repeatable)")
+    p.add_argument("--ice-server", action="append", metavar="URL",
+                   help="STUN/TURN server for WebRTC, e.g. stun:stun.example.org:3478 "
+                        "(repeatable; VIVIFY_ICE_SERVERS; none: host candidates only)")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="end a session after this long unattended: no viewer, peer, audio or "
                         "message (VIVIFY_IDLE_TIMEOUT, 300; 0 = never)")

@@ -21,6 +21,7 @@ class ServerConfig:
     tls_key: Path | None = None
     token: str | None = None  # bearer token; None = open (bind to localhost then)
     cors_origins: tuple[str, ...] = ()
+    ice_servers: tuple[str, ...] = ()  # STUN/TURN URLs; none = host candidates only
     max_sessions: int = 0  # 0 = measure the capacity at start
     max_viewers_per_session: int = 16
     max_upload_bytes: int = 25 * 1024 * 1024
@@ -87,6 +88,7 @@ class ServerConfig:
             "token": os.environ.get("VIVIFY_TOKEN"),  # set but empty: refused, not "open"
             "session_idle_timeout": float(_env("IDLE_TIMEOUT", str(cls.session_idle_timeout))),
             "cors_origins": tuple(o for o in _env("CORS_ORIGINS", "").split(",") if o),
+            "ice_servers": tuple(u for u in _env("ICE_SERVERS", "").split(",") if u),
             "max_sessions": int(_env("MAX_SESSIONS", "0")),
             "disclosure_label": _env("LABEL", cls.disclosure_label),
             "driver": _env("DRIVER", cls.driver),

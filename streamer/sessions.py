@@ -37,6 +37,7 @@ from streamer.errors import ApiError, Full, NotFound
 from streamer.fanout import VideoFanout
 from streamer.media import SessionMedia
 from streamer.memory import release_free_heap
+from streamer.rtc import new_peer_connection
 from streamer.scheduler import InferenceScheduler
 from streamer.tracks import AvatarAudioTrack, AvatarVideoTrack
 
@@ -178,7 +179,7 @@ class Session:
     # ------------------------------------------------------------------ peers
     async def connect(self, offer: dict[str, str]) -> dict[str, str]:
         """The main peer: in mirror mode its microphone drives the avatar."""
-        pc = RTCPeerConnection()
+        pc = new_peer_connection(self.manager.config.ice_servers)
         self.pc = pc
         sub = self.media.subscribe()
 
@@ -208,7 +209,7 @@ class Session:
             raise Full("this session has all the viewers it can take",
                        headers={"Retry-After": str(RETRY_AFTER_S)})
         viewer_id = uuid.uuid4().hex[:12]
-        pc = RTCPeerConnection()
+        pc = new_peer_connection(self.manager.config.ice_servers)
         sub = self.media.subscribe(video=False)  # video comes encoded, from the fanout
         fanout = self._fanout()
         video = fanout.attach(sub)

@@ -790,7 +790,9 @@ class Talk:
 
     async def _start(self) -> None:
         import httpx
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCSessionDescription
+
+        from streamer.rtc import ice_servers_from_env, new_peer_connection
 
         opts = self.opts
         if opts.uses_microphone or opts.uses_speaker:
@@ -804,7 +806,7 @@ class Talk:
         headers = {"authorization": f"Bearer {opts.token}"} if opts.token else {}
         self._http = httpx.AsyncClient(base_url=opts.server, headers=headers,
                                        timeout=HTTP_TIMEOUT)
-        pc = self._pc = RTCPeerConnection()
+        pc = self._pc = new_peer_connection(ice_servers_from_env())
         if opts.mode == "mirror":
             pc.addTrack(self._outgoing_audio())
         else:

@@ -346,10 +346,10 @@ def client(face_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _offer(audio: bool = True, video: bool = True) -> str:
-    from aiortc import RTCPeerConnection
+    from aiortc import RTCConfiguration, RTCPeerConnection
 
     async def make() -> str:
-        pc = RTCPeerConnection()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         if audio:
             pc.addTransceiver("audio", direction="recvonly")
         if video:

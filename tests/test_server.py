@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import uvicorn
 import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from media import espeak_wav
 
@@ -105,7 +105,7 @@ async def _receive(pc: RTCPeerConnection, seconds: float) -> dict[str, Any]:
 
 async def _connect(server: LiveServer, body: dict[str, Any], wav: Path | None,
                    path: str = "/v1/sessions") -> tuple[RTCPeerConnection, dict[str, Any]]:
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     if wav is not None:
         player = MediaPlayer(str(wav))
         pc.addTrack(player.audio)
