@@ -164,6 +164,7 @@ class Session:
         self._last_peer_audio = manager.clock.now()
         self._last_activity = manager.clock.now()
         self._live_slots_seen = 0
+        self.consumers = 0  # in-process consumers of its pairs (streamer/integrations)
         self.fanout: VideoFanout | None = None  # one encode for all viewers (streamer/fanout.py)
 
     # ------------------------------------------------------------------ events
@@ -269,10 +270,12 @@ class Session:
         self._last_activity = self.manager.clock.now()
 
     def _attended(self) -> bool:
-        """Someone is there right now: a viewer, a connected main peer, or pushed audio
-        still playing. A WebSocket that only listens does not count: a broadcast with no
-        presenter audio and no viewers is idle, whoever holds its socket."""
-        if self.viewers or (self.pc is not None and self.pc.connectionState == "connected"):
+        """Someone is there right now: a viewer, a connected main peer, an in-process
+        consumer (a framework plugin), or pushed audio still playing. A WebSocket that only
+        listens does not count: a broadcast with no presenter audio and no viewers is idle,
+        whoever holds its socket."""
+        if self.viewers or self.consumers or (self.pc is not None
+                                              and self.pc.connectionState == "connected"):
             return True
         played, self._live_slots_seen = self._live_slots_seen, self.media.stats.live_slots
         return self.media.stats.live_slots != played
