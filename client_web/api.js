@@ -47,11 +47,12 @@ export async function del(path) {
 
 // The caller has asked the user to confirm the right to use the likeness; the server refuses
 // uploads without consent=true and stores who (consentBy) and when with the avatar.
-export async function uploadAvatar(file, consentBy = "") {
+export async function uploadAvatar(file, consentBy = "", points = null) {
   const form = new FormData();
   form.append("image", file);
   form.append("consent", "true");
   if (consentBy) form.append("consent_by", consentBy);
+  if (points) form.append("points", JSON.stringify(points));  // the face placed by hand
   return parse(await fetch("/v1/avatars", { method: "POST", headers: headers(), body: form }));
 }
 

@@ -1,5 +1,6 @@
 // Vivify's browser client: pick a portrait, call with your microphone or present a broadcast.
 import * as api from "./api.js";
+import { placeFace } from "./place.js";
 import { fileToPcm16, formatStats, makeOffer, readStats } from "./rtc.js";
 
 const $ = (id) => document.getElementById(id);
@@ -46,7 +47,7 @@ function chooseAvatar(id) {
   for (const b of $("avatars").children) b.setAttribute("aria-checked", String(b.dataset.id === id));
 }
 
-async function upload(file) {
+async function upload(file, points = null) {
   showAvatarError("");
   if (!$("consent").checked) {
     showAvatarError("Please confirm you have the right to use this likeness.");
@@ -54,12 +55,18 @@ async function upload(file) {
   }
   setState("Preparing the portrait…");
   try {
-    const rec = await api.uploadAvatar(file, $("consent-by").value.trim());
+    const rec = await api.uploadAvatar(file, $("consent-by").value.trim(), points);
     await loadAvatars(rec.id);
     setState(rec.warnings && rec.warnings.length ? rec.warnings.join("; ") : "Portrait ready.");
   } catch (err) {
     showAvatarError(api.describe(err));
     setState("The portrait was not accepted.", true);
+    // No face found, or the clicked points were not a face: let the user place it by hand.
+    if (err.code === "no_face" || err.code === "bad_points") {
+      setState("Place the face by hand: click the five points on the portrait.");
+      const placed = await placeFace(file);
+      if (placed) await upload(file, placed);
+    }
   }
 }
 

@@ -29,7 +29,9 @@ import numpy as np
 
 from engines import face_topology as ft
 from engines.errors import FaceTooSmallError, NoFaceError
-from engines.face_landmarks import FaceAnalyzer
+from engines.face_landmarks import FaceAnalyzer, FaceDetection
+from engines.face_points import FacePoints
+from engines.face_search import find_face
 from engines.image_io import load_image
 from engines.model_store import default_cache_dir
 from engines.motion import RIG_VERSION
@@ -106,8 +108,11 @@ def avatars_dir() -> Path:
     return default_cache_dir().parent / "avatars"
 
 
-def pack_key(image_sha256: str, size: int) -> str:
-    return f"{image_sha256[:24]}-{RIG_VERSION}-{size}"
+def pack_key(image_sha256: str, size: int, points: FacePoints | None = None) -> str:
+    key = f"{image_sha256[:24]}-{RIG_VERSION}-{size}"
+    if points is not None:  # the same image placed by hand is another avatar
+        key += "-p" + hashlib.sha256(np.round(points.xy, 2).tobytes()).hexdigest()[:8]
+    return key
 
 
 class AvatarPreparer:
@@ -116,6 +121,7 @@ class AvatarPreparer:
     def __init__(self, cache_dir: Path | None = None, analyzer: FaceAnalyzer | None = None) -> None:
         self.cache_dir = cache_dir or avatars_dir()
         self._analyzer = analyzer
+        self._template: np.ndarray | None = None
 
     @property
     def analyzer(self) -> FaceAnalyzer:
@@ -124,36 +130,36 @@ class AvatarPreparer:
         return self._analyzer
 
     def prepare(self, source: str | Path | bytes, size: int = DEFAULT_SIZE,
-                use_cache: bool = True) -> AvatarPack:
-        """Load a cached pack for this image, or build and cache one."""
+                use_cache: bool = True, points: Any = None) -> AvatarPack:
+        """Load a cached pack for this image, or build and cache one.
+
+        ``points`` (a mapping or JSON text, see :mod:`engines.face_points`) places the face
+        by hand instead of the detector; raises ``BadPointsError`` when they cannot be a face.
+        """
         if size % 16 or not 128 <= size <= 1024:
             raise ValueError(f"size must be a multiple of 16 within 128..1024, got {size}")
         rgb, data = load_image(source)
+        placed = None if points is None else FacePoints.parse(
+            points, rgb.shape[1], rgb.shape[0], MIN_EYE_DISTANCE)
         digest = hashlib.sha256(data).hexdigest()
-        key = pack_key(digest, size)
+        key = pack_key(digest, size, placed)
         directory = self.cache_dir / key
         if use_cache and (directory / "meta.json").exists():
             try:
                 return AvatarPack.load(directory)
             except (ValueError, OSError, KeyError) as exc:  # stale or damaged: rebuild
                 log.warning("rebuilding avatar pack %s: %s", key, exc)
-        pack = self.build(rgb, digest, size)
+        pack = self.build(rgb, digest, size, placed)
         if use_cache:
             pack.save(directory)
         return pack
 
-    def build(self, rgb: np.ndarray, digest: str, size: int) -> AvatarPack:
+    def build(self, rgb: np.ndarray, digest: str, size: int,
+              points: FacePoints | None = None) -> AvatarPack:
         t0 = time.perf_counter()
         warnings: list[str] = []
-        faces = self._detect(rgb)
-        if not faces:
-            raise NoFaceError("no face found in the image; use a portrait where the face is "
-                              "clearly visible and roughly frontal")
-        if len(faces) > 1:
-            warnings.append(f"{len(faces)} faces found; animating the largest")
-            log.warning(warnings[-1])
-        face = faces[0]
-        lm = self.analyzer.landmarks(rgb, face).astype(np.float64)
+        face, lm = (self._found_landmarks(rgb, warnings) if points is None
+                    else self._placed_landmarks(rgb, points, warnings))
         eye_r, eye_l = lm[ft.RIGHT_IRIS_CENTER, :2], lm[ft.LEFT_IRIS_CENTER, :2]
         eye_dist = float(np.linalg.norm(eye_l - eye_r))
         if eye_dist < MIN_EYE_DISTANCE:
@@ -170,7 +176,8 @@ class AvatarPreparer:
         weight = motion_weight(crop_lm, person, size)
         full, crop_to_full = _full_frame(rgb, to_crop)
         pack = AvatarPack(
-            key=pack_key(digest, size), image_sha256=digest, rig_version=RIG_VERSION, size=size,
+            key=pack_key(digest, size, points), image_sha256=digest, rig_version=RIG_VERSION,
+            size=size,
             crop=crop, crop_no_iris=_paint_out_irises(crop, crop_lm),
             crop_lids=_paint_closed_lids(crop, crop_lm), landmarks=crop_lm.astype(
                 np.float32), motion_weight=weight, full=full, crop_to_full=crop_to_full,
@@ -178,21 +185,60 @@ class AvatarPreparer:
             meta={"source_size": [int(rgb.shape[1]), int(rgb.shape[0])],
                   "face_box": [round(v, 1) for v in face.box], "face_score": round(face.score, 3),
                   "eye_distance_px": round(eye_dist, 1), "warnings": warnings,
+                  "points": None if points is None else points.as_dict(),
                   "prepare_seconds": round(time.perf_counter() - t0, 3)},
         )
         return pack
 
-    def _detect(self, rgb: np.ndarray) -> list[Any]:
-        """Detect on a bounded copy (big photos), then map boxes back to full resolution."""
+    def _found_landmarks(self, rgb: np.ndarray, warnings: list[str]
+                         ) -> tuple[FaceDetection, np.ndarray]:
+        """The detector's largest face (retried on conditioned copies: engines/face_search)."""
         h, w = rgb.shape[:2]
-        f = min(1.0, DETECT_MAX_SIDE / max(h, w))
+        f = min(1.0, DETECT_MAX_SIDE / max(h, w))  # detection runs on a bounded copy
         small = rgb if f == 1.0 else cv2.resize(rgb, (round(w * f), round(h * f)),
                                                  interpolation=cv2.INTER_AREA)
-        faces = self.analyzer.detect(small)
-        if f == 1.0:
-            return faces
-        return [type(d)(box=tuple(v / f for v in d.box), score=d.score,
-                        keypoints=d.keypoints / f) for d in faces]
+        found = find_face(small, self.analyzer.detect, self._is_face)
+        if found is None:
+            raise NoFaceError(
+                "no face found in the image, even after contrast equalisation, denoising, "
+                "rescaling and small rotations; use a portrait where the face is clearly "
+                "visible and roughly frontal, or place it by hand: give the points of the eye "
+                "centres, the nose tip and the mouth corners")
+        if found.how is not None:
+            warnings.append(f"face found after {found.how}")
+        if found.faces > 1:
+            warnings.append(f"{found.faces} faces found; animating the largest")
+        for warning in warnings:
+            log.warning(warning)
+        d = found.face
+        x0, y0, x1, y1 = (v / f for v in d.box)
+        face = FaceDetection(box=(x0, y0, x1, y1), score=d.score, keypoints=d.keypoints / f)
+        mesh_image = rgb if found.condition is None else found.condition(rgb)
+        return face, self.analyzer.landmarks(mesh_image, face).astype(np.float64)
+
+    def _is_face(self, rgb: np.ndarray, face: FaceDetection) -> bool:
+        """The landmark model sees a face where the detector put one (MediaPipe's 0.5)."""
+        return self.analyzer.landmarks_with_presence(rgb, face)[1] >= 0.5
+
+    def _placed_landmarks(self, rgb: np.ndarray, points: FacePoints, warnings: list[str]
+                          ) -> tuple[FaceDetection, np.ndarray]:
+        """Landmarks where the person placed the face: the model's, where it finds that
+        face; else the reference mesh fitted to the points (engines/face_points)."""
+        face = points.detection()
+        lm, presence = self.analyzer.landmarks_with_presence(rgb, face)
+        if presence >= 0.5 and points.agrees_with(lm):
+            warnings.append("face placed by hand; landmarks found there")
+            return face, lm.astype(np.float64)
+        warnings.append("face placed by hand; a reference mesh fitted to the five points")
+        return face, points.fit(self.template()).astype(np.float64)
+
+    def template(self) -> np.ndarray:
+        """The reference mesh for hand placement: the default avatar's landmarks."""
+        if self._template is None:
+            from engines.default_avatar import default_portrait_path
+
+            self._template = self.prepare(default_portrait_path()).landmarks
+        return self._template
 
 
 def _alignment(eye_r: np.ndarray, eye_l: np.ndarray, size: int) -> np.ndarray:

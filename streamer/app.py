@@ -51,6 +51,8 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries and form fields around an uploaded 
 MAX_SESSION_BODY = 256 * 1024  # a session request: an SDP offer (≤ 200 000 characters) + a little
 MAX_OUTBOX = 256  # server events queued for one WebSocket; a client that reads none is cut off
 WS_NORMAL, WS_SLOW_CLIENT, WS_SHUTDOWN = 1000, 1008, 1012
+POINTS_HELP = ("place the face by hand when it is not found: JSON {right_eye, left_eye, nose, "
+               "mouth_right, mouth_left}, each [x, y] in image pixels (the subject's right)")
 CONSENT_YES = frozenset({"true", "yes", "1", "on"})
 
 
@@ -196,6 +198,7 @@ def create_app(manager: SessionManager, token: str | None = None,
         request: Request, image: Annotated[UploadFile, File()],
         consent: Annotated[str | None, Form(description=CONSENT_STATEMENT)] = None,
         consent_by: Annotated[str | None, Form(max_length=200)] = None,
+        points: Annotated[str | None, Form(max_length=2000, description=POINTS_HELP)] = None,
     ) -> dict[str, Any]:
         """Upload a portrait. ``consent`` must be true: the uploader asserts the right to use
         the likeness; who (``consent_by``, the client address) and when are stored with it."""
@@ -209,7 +212,7 @@ def create_app(manager: SessionManager, token: str | None = None,
         data = await image.read(max_upload + 1)
         if len(data) > max_upload:
             raise TooLarge(f"upload exceeds {max_upload // 2**20} MiB", code="image_too_large")
-        record = await manager.avatars.create(data, consent=record_consent)
+        record = await manager.avatars.create(data, consent=record_consent, points=points)
         return record.public()
 
     @app.get("/v1/avatars", tags=["avatars"])

@@ -63,6 +63,7 @@ class AvatarRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     consent: dict[str, str] | None = None  # the first ConsentRecord; None only in old records
     consent_history: list[dict[str, str]] = field(default_factory=list)  # every one, oldest first
+    points: dict[str, list[float]] | None = None  # the face placed by hand (engines/face_points)
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,9 +98,9 @@ class AvatarStore:
             return default_portrait_path()
         return self.uploads / f"{avatar_id}.img"
 
-    def _prepare(self, source: Path | bytes) -> AvatarPack:
+    def _prepare(self, source: Path | bytes, points: Any = None) -> AvatarPack:
         with self._prepare_lock:
-            return self.preparer.prepare(source, size=self.size)
+            return self.preparer.prepare(source, size=self.size, points=points)
 
     async def ensure_default(self) -> None:
         if DEFAULT_AVATAR_ID not in self._records:
@@ -112,15 +113,17 @@ class AvatarStore:
         return AvatarRecord(id=avatar_id, created=time.time(), image_sha256=pack.image_sha256,
                             width=int(w), height=int(h), warnings=list(pack.meta.get(
                                 "warnings", [])), meta={"face_score": pack.meta.get("face_score")},
-                            consent=asdict(consent))
+                            consent=asdict(consent), points=pack.meta.get("points"))
 
-    async def create(self, data: bytes, consent: ConsentRecord) -> AvatarRecord:
+    async def create(self, data: bytes, consent: ConsentRecord,
+                     points: str | None = None) -> AvatarRecord:
         """Prepare an uploaded portrait (raises ``AvatarInputError`` on bad input).
 
         ``consent`` is required: no avatar exists without the uploader's assertion on record.
         """
-        pack = await asyncio.to_thread(self._prepare, data)
-        avatar_id = hashlib.sha256(data).hexdigest()[:16]
+        pack = await asyncio.to_thread(self._prepare, data, points)
+        placed = f"|{pack.key}".encode() if points is not None else b""
+        avatar_id = hashlib.sha256(data + placed).hexdigest()[:16]
         _append_private(self._consent_path(avatar_id), json.dumps(asdict(consent)) + "\n")
         earlier = self._records.get(avatar_id)
         if earlier is not None:  # the same image again: one more consent in its history
@@ -187,7 +190,8 @@ class AvatarStore:
             future.exception()  # retrieved here: every waiter may have gone (a client left)
 
     async def _build_renderer(self, avatar_id: str) -> Renderer:
-        pack = await asyncio.to_thread(self._prepare, self._image_path(avatar_id))
+        pack = await asyncio.to_thread(self._prepare, self._image_path(avatar_id),
+                                       self._records[avatar_id].points)
         renderer = await asyncio.to_thread(Renderer, pack)
         if avatar_id in self._records:  # not deleted meanwhile
             self._renderers[avatar_id] = renderer

@@ -173,6 +173,39 @@ def test_upload_without_a_face_shows_the_error(browser: Any, live: LiveServer,
     p.close()
 
 
+def box_scale(p: Page) -> float:
+    box = p.page.locator("#place-img").bounding_box()
+    assert box is not None
+    return float(box["width"]) / 400
+
+
+def test_a_face_the_detector_misses_can_be_placed_by_hand(browser: Any, live: LiveServer,
+                                                          tmp_path: Path) -> None:
+    """No face found → the portrait is shown, five clicks place the face, and the upload
+    goes through with them (the server fits its reference mesh to the points)."""
+    p = Page(browser, live.url)
+    canvas = np.full((400, 400, 3), 200, np.uint8)  # a blank "drawing": nothing to detect
+    image = tmp_path / "blank.png"
+    image.write_bytes(png_bytes(canvas))
+    before = p.page.locator("#avatars button").count()
+    p.page.check("#consent")
+    p.page.set_input_files("#upload", str(image))
+    p.page.wait_for_selector("#place:not([hidden])", timeout=20000)
+    assert "1 of 5" in (p.page.text_content("#place-prompt") or "")
+    clicks = [(160, 170), (240, 170), (200, 215), (168, 260), (232, 260)]  # image pixels
+    for i, (x, y) in enumerate(clicks):
+        if i == 4:
+            p.page.locator("#place").scroll_into_view_if_needed()
+            p.shot("place-face")
+        p.page.locator("#place-img").click(position={"x": x * box_scale(p), "y": y * box_scale(p)})
+    p.page.wait_for_function(f"document.querySelectorAll('#avatars button').length > {before}",
+                             timeout=30000)
+    assert "placed by hand" in (p.page.text_content("#state") or "")
+    assert p.page.is_hidden("#place")
+    assert all("422" in e for e in p.errors), p.errors  # only the first upload's no_face
+    p.close()
+
+
 def test_phone_sized_screen_and_keyboard(browser: Any, live: LiveServer) -> None:
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(live.url)
