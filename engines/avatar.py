@@ -47,7 +47,7 @@ FULL_MAX_SIDE = 1280  # full-frame output: the portrait fitted within this side
 NECK_FADE = (0.45, 1.5)  # motion fades from 1 to 0 this far below the chin, × eye distance
 MASK_FEATHER = 0.22  # Gaussian sigma of the motion mask, × eye distance: keeps the flow unfolded
 BORDER_RAMP = 0.06  # motion fades to 0 this close to the crop border, × crop side
-PACK_FORMAT = 1
+PACK_FORMAT = 2  # 2: palette gains gum and style (engines/mouth_interior.py)
 _EYES = ((ft.RIGHT_EYE_UPPER, ft.RIGHT_EYE_LOWER), (ft.LEFT_EYE_UPPER, ft.LEFT_EYE_LOWER))
 
 
@@ -66,7 +66,8 @@ class AvatarPack:
     motion_weight: np.ndarray  # (S, S) float32 0..1: how much of the head's motion applies
     full: np.ndarray  # (Hf, Wf, 3) uint8: the whole portrait at output resolution
     crop_to_full: np.ndarray  # (2, 3) float64 affine: crop pixels → full pixels
-    palette: dict[str, np.ndarray]  # RGB float32 colours: lip, skin, teeth, cavity
+    palette: dict[str, np.ndarray]  # RGB float32: lip, skin, teeth, cavity, tongue, gum;
+    # style = (light, levels, 0): the mouth's lighting slope and posterise levels
     meta: dict[str, Any] = field(default_factory=dict)
 
     _ARRAYS = ("crop", "crop_no_iris", "crop_lids", "landmarks", "motion_weight", "full",
@@ -385,7 +386,12 @@ def _palette(crop: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
     cheeks = [lm[[50, 205, 187, 123], :2], lm[[280, 425, 411, 352], :2]]
     skin = median_in(cheeks)
     lum = float(skin.mean())
-    teeth = np.clip(np.array([240, 236, 226], np.float32) * (0.7 + 0.3 * lum / 200), 0, 255)
+    # How colourful the portrait is: a pencil drawing gets grey teeth, not ivory ones.
+    sat = float((skin.max() - skin.min()) / max(float(skin.max()), 1.0))
+    colour = float(np.clip(sat / 0.15, 0.0, 1.0))
+    ivory = np.array([242, 232, 210], np.float32)  # yellow-white, as teeth are
+    ivory = ivory.mean() + (ivory - ivory.mean()) * colour
+    teeth = np.clip(ivory * float(np.clip(0.75 + 0.25 * lum / 180, 0.6, 1.05)), 0, 255)
     # A portrait that shows its teeth lends their real colour (the brightest part of the mouth).
     mouth = np.zeros(crop.shape[:2], np.uint8)
     cv2.fillPoly(mouth, [np.round(inner).astype(np.int32)], 255)
@@ -394,7 +400,19 @@ def _palette(crop: np.ndarray, lm: np.ndarray) -> dict[str, np.ndarray]:
         bright = inside[inside.mean(axis=1) >= np.percentile(inside.mean(axis=1), 70)]
         if bright.mean() > 0.9 * lum:
             teeth = np.median(bright, axis=0)
-    cavity = np.clip(lip * 0.3 + np.array([12, 2, 4], np.float32), 0, 255)
-    tongue = np.clip(lip * 0.75 + np.array([10, -10, -8], np.float32), 0, 255)
+    cavity = np.clip(lip * 0.36 + np.array([14, 0, 2], np.float32) * colour, 0, 255)
+    tongue = np.clip(lip * 0.82 + np.array([14, -14, -10], np.float32) * colour, 0, 255)
+    gum = np.clip(lip + (np.array([226, 128, 134], np.float32) - lip) * 0.3 * colour, 0, 255)
+    # The portrait's lighting across the mouth: image-right cheek brighter → light > 0.
+    side = [float(median_in([c]).mean()) for c in cheeks]
+    light = float(np.clip((side[1] - side[0]) / max(side[0] + side[1], 1.0), -0.3, 0.3))
+    # Flat, stylised portraits (few distinct colours in the face) get a posterised interior.
+    oval = np.zeros(crop.shape[:2], np.uint8)
+    cv2.fillPoly(oval, [np.round(lm[list(ft.FACE_OVAL), :2]).astype(np.int32)], 255)
+    face = crop[oval > 0] // 16
+    distinct = len(np.unique(face[:, 0].astype(np.int32) * 256 + face[:, 1] * 16 + face[:, 2]))
+    levels = 5.0 if distinct < 48 else 0.0
     return {"lip": lip, "skin": skin, "teeth": teeth.astype(np.float32),
-            "cavity": cavity.astype(np.float32), "tongue": tongue.astype(np.float32)}
+            "cavity": cavity.astype(np.float32), "tongue": tongue.astype(np.float32),
+            "gum": gum.astype(np.float32),
+            "style": np.array([light, levels, 0.0], np.float32)}

@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 
 from engines import face_topology as ft
+from engines.mouth_interior import NUMPY, interior
 
 SUBPIXEL_BITS = 3  # cv2.fillPoly fixed-point precision: 1/8 px edges
-UPPER_TEETH = 0.10  # band height, × eye distance
-LOWER_TEETH = 0.06
 CAVITY_FULL_AT = 0.05  # opening (× eye distance) beyond the source's at which the layer is opaque
 GAZE_FULL_AT = 0.08  # |gaze| at which the iris layer is fully on
 BLINK_FADE = (0.55, 0.95)  # blink amount over which the closed-lid plate fades in
@@ -59,8 +58,13 @@ def mouth_opening(points: np.ndarray) -> float:
 
 
 def composite_mouth(frame: np.ndarray, points: np.ndarray, source_points: np.ndarray,
-                    palette: dict[str, np.ndarray], eye_distance: float) -> None:
-    """Paint the mouth interior in place where the target mouth is open beyond the source's."""
+                    palette: dict[str, np.ndarray], eye_distance: float,
+                    teeth: np.ndarray) -> None:
+    """Paint the mouth interior in place where the target mouth is open beyond the source's.
+
+    ``teeth`` (2, 9, 2) are the rigid rows' lines (engines.rig.RigPose.teeth); the interior
+    itself is engines/mouth_interior.py, shared with the renderer graph.
+    """
     source_gap = max(mouth_opening(source_points), 0.0)
     extra = mouth_opening(points) - source_gap
     if extra < 0.0 and source_gap > 1.0:
@@ -78,34 +82,19 @@ def composite_mouth(frame: np.ndarray, points: np.ndarray, source_points: np.nda
     alpha = _polygon_mask(poly, roi) * strength
     # Rows and columns as 1-D arrays, broadcast only where a quantity needs both.
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    xs = np.arange(x0, x1, dtype=np.float32)
-    # Lip lines as functions of x (the aligned crop keeps the mouth roughly horizontal).
-    order_u, order_l = np.argsort(upper[:, 0]), np.argsort(lower[:, 0])
-    y_up = np.interp(xs, upper[order_u, 0], upper[order_u, 1]).astype(np.float32)[None, :]
-    y_lo = np.interp(xs, lower[order_l, 0], lower[order_l, 1]).astype(np.float32)[None, :]
-    centre = float(upper[:, 0].mean())
-    half = max(float(np.ptp(upper[:, 0])) / 2, 1.0)
-    across = np.clip(np.abs(xs - centre) / half, 0.0, 1.0)[None, :]  # 0 mid-mouth → 1 corners
-    depth = 1.0 - 0.45 * across**2  # sides are deeper in the mouth: darker
-    gap = np.maximum(y_lo - y_up, 1.0)
-    t = np.clip((ys - y_up) / gap, 0.0, 1.0)  # 0 at the upper lip → 1 at the lower lip
-    shade = 0.7 + 0.3 * (1 - np.abs(t - 0.5) * 2)
-    # Tongue: low in the mouth, only once it is open enough to see it.
-    tongue_w = np.clip((t - 0.55) / 0.3, 0, 1) * np.clip(gap / (0.25 * eye_distance), 0, 1) * 0.8
-    # Teeth: bands hanging from the upper lip and rising from the lower lip, soft-edged.
-    up_band = np.clip((UPPER_TEETH * eye_distance - (ys - y_up)) / 1.5, 0, 1)
-    lo_band = np.clip((LOWER_TEETH * eye_distance - (y_lo - ys)) / 1.5, 0, 1) * 0.85
-    # Separations between teeth: faint darker lines, spaced by an incisor width.
-    tooth = 0.09 * eye_distance
-    seams = 1.0 - 0.07 * np.exp(-(((xs - centre) / tooth) % 1.0 - 0.5) ** 2 / 0.004)[None, :]
-    teeth_shade = depth * seams
-    side = 1 - across**4
-    layer = palette["cavity"] * shade[..., None]
-    layer += (palette["tongue"] * 0.8 - layer) * tongue_w[..., None]
-    for band in (up_band, lo_band):
-        w = (band * side)[..., None]
-        layer += (palette["teeth"] * teeth_shade[..., None] - layer) * w
-    layer *= np.sqrt(depth)[..., None]
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
+
+    def line(pts: np.ndarray) -> np.ndarray:  # a lip or teeth line as a function of x
+        order = np.argsort(pts[:, 0])
+        return np.interp(xs[0], pts[order, 0], pts[order, 1]).astype(np.float32)[None, :]
+
+    centre = np.float32(upper[:, 0].mean())
+    half = np.float32(max(float(np.ptp(upper[:, 0])) / 2, 1.0))
+    light, levels = float(palette["style"][0]), float(palette["style"][1])
+    layer = interior(NUMPY, xs, ys, line(upper), line(lower), line(teeth[0]), line(teeth[1]),
+                     centre, half, np.float32(eye_distance), palette["lip"], palette["teeth"],
+                     palette["cavity"], palette["tongue"], palette["gum"], np.float32(light),
+                     np.float32(levels))
     region = frame[y0:y1, x0:x1].astype(np.float32)
     a = alpha[..., None]
     frame[y0:y1, x0:x1] = np.clip(region + (layer - region) * a, 0, 255).astype(np.uint8)

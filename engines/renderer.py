@@ -88,7 +88,8 @@ class Renderer:
                                      None, cv2.CV_16SC2)  # type: ignore[call-overload]
             image[y0:y1, x0:x1] = cv2.remap(self.pack.crop, m1, m2, cv2.INTER_LINEAR,
                                             borderMode=cv2.BORDER_REPLICATE)
-        composite_mouth(image, pose.points, self._rest_xy, self.pack.palette, self.eye_distance)
+        composite_mouth(image, pose.points, self._rest_xy, self.pack.palette, self.eye_distance,
+                        pose.teeth)
         m = pose.motion
         gaze = float(np.hypot(m[INDEX["gaze_x"]], m[INDEX["gaze_y"]]))
         composite_irises(image, pose.points, pose.iris_offset, gaze, self.pack.crop,

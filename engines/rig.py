@@ -65,6 +65,7 @@ LINEAR_DIMS = (
     "jaw_open", "lip_stretch", "lip_round", "upper_lip_raise", "lower_lip_depress", "smile",
     "blink_l", "blink_r", "brow_raise", "brow_frown",
 )
+JAW_BASIS = LINEAR_DIMS.index("jaw_open")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class RigPose:
     iris_offset: np.ndarray  # (2, 2): gaze shift of the right and left iris, pixels
     expression: np.ndarray  # (P, 2): the points before head pose (for the renderer's mouth cut)
     motion: np.ndarray  # (MOTION_DIM,): the clamped motion vector that made this pose
+    # (2, 9, 2): where the teeth sit, rigidly: the rest mouth line (midway between the inner
+    # lips at rest) moved by the head pose alone (the upper row, on the skull) and carried by
+    # jaw_open too (the lower row, on the jaw). See Rig.teeth_lines.
+    teeth: np.ndarray
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -239,7 +244,20 @@ class Rig:
             (gx * GAZE_X * w) * ex + (gy * GAZE_Y * w) * ey for w in self._eye_width
         ])
         return RigPose(points=xy.astype(np.float32), iris_offset=iris_offset.astype(np.float32),
-                       expression=expression.astype(np.float32), motion=m)
+                       expression=expression.astype(np.float32), motion=m,
+                       teeth=self.teeth_lines(m).astype(np.float32))
+
+    def teeth_lines(self, m: np.ndarray) -> np.ndarray:
+        """RigPose.teeth for the clamped motion ``m``: (2, 9, 2), the 9 points between the
+        mouth corners. The upper row's line is the rest mouth line under the head pose; the
+        lower row's is that line carried by the jaw (jaw_open's motion of the lower lip)."""
+        up, lo = list(ft.LIPS_UPPER_INNER[1:-1]), list(ft.LIPS_LOWER_INNER[1:-1])
+        rest = self.source[:, :2]
+        mid = (rest[up] + rest[lo]) / 2
+        jaw = rest.copy()
+        jaw[lo] = mid + float(m[INDEX["jaw_open"]]) * self.basis[JAW_BASIS][lo]
+        skull, carried = self.head_pose(rest, m), self.head_pose(jaw, m)
+        return np.stack([(skull[up] + skull[lo]) / 2, carried[lo]])
 
     def _press_lips(self, xy: np.ndarray, press: float) -> np.ndarray:
         """Close the inner-lip gap by ``press`` (1 = lips meet), thinning the lips a little."""

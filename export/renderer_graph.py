@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from engines import face_topology as ft
 from engines import layers as L
+from engines import mouth_interior as MI
 from engines import rig as R
 from engines.motion import HIGH, INDEX, LOW
 from engines.renderer import SEAM_MAX_RAMP, SEAM_WIDENING
@@ -49,6 +50,8 @@ from engines.runtimes.renderer_bank import (
 )
 from engines.warp import FIXED_POINT_STEPS, MIN_NEWTON_DET
 
+TORCH = MI.Ops(clamp=lambda x, lo, hi: torch.clamp(x, min=lo, max=hi), abs=torch.abs,
+               floor=torch.floor, exp=torch.exp, sin=torch.sin, channel=lambda a: a[:, None])
 REMAP_SUBPIXEL = 32.0  # cv2.remap's INTER_TAB_SIZE: float maps are rounded to 1/32 px
 _UI, _LI = list(ft.LIPS_UPPER_INNER), list(ft.LIPS_LOWER_INNER)
 _UO, _LO = list(ft.LIPS_UPPER_OUTER), list(ft.LIPS_LOWER_OUTER)
@@ -248,6 +251,18 @@ class RendererGraph(nn.Module):
                             for w in (params[:, 8:9], params[:, 9:10])], dim=1)
         return expression, iris
 
+    def teeth_lines(self, m: Tensor, rest: Tensor, z: Tensor, basis: Tensor, params: Tensor
+                    ) -> Tensor:
+        """engines.rig.Rig.teeth_lines: (B, 2, 9, 2), the upper row's line on the skull and
+        the lower row's carried by the jaw."""
+        mid = (self.gather(rest, "ui_mid") + self.gather(rest, "li_mid")) / 2
+        jaw_basis = basis[:, R.JAW_BASIS]  # (B, P, 2)
+        carried = mid + m[:, INDEX["jaw_open"], None, None] * self.gather(jaw_basis, "li_mid")
+        jaw = self._replace(rest, "li_mid", carried)
+        posed = self.head_pose(torch.stack([rest, jaw], 1), z, m, params)
+        skull = (self.gather(posed[:, 0], "ui_mid") + self.gather(posed[:, 0], "li_mid")) / 2
+        return torch.stack([skull, self.gather(posed[:, 1], "li_mid")], 1)
+
     def _add_at(self, base: Tensor, name: str, value: Tensor) -> Tensor:
         """``base[:, idx] += value`` as a one-hot matmul (exports to MatMul, not ScatterND)."""
         onehot = self.get_buffer(f"onehot_{name}")  # (P, K)
@@ -344,7 +359,7 @@ class RendererGraph(nn.Module):
 
     # ------------------------------------------------------------------ layers
     def mouth_layer(self, image: Tensor, target: Tensor, rest: Tensor, palette: Tensor,
-                    eye: Tensor) -> Tensor:
+                    eye: Tensor, teeth_lines: Tensor) -> Tensor:
         """engines.layers.composite_mouth (seal + cavity) inside the fixed mouth region."""
         x0, y0, x1, y1 = self.mouth
         xs, ys = self.arange(x0, x1, image), self.arange(y0, y1, image)
@@ -366,36 +381,23 @@ class RendererGraph(nn.Module):
         a = (blur3(seal, self.blur_kernel) * 0.8 * amount[:, None, None])[:, None]
         seam = (palette[:, 0] * 0.8)[..., None, None]
         region = torch.floor(torch.clamp(region + (seam - region) * a, 0, 255))
-        # Cavity.
+        # The interior (engines/mouth_interior.py, the same maths as the CPU renderer).
         strength = torch.clamp(extra / (L.CAVITY_FULL_AT * eye), 0.0, 1.0)[:, None, None]
         alpha = blur3(between_lines(upper, lower, xs, ys), self.blur_kernel) * strength
-        ux, uy = sorted_line(upper)
-        lx, ly = sorted_line(lower)
-        y_up = interp(xs, ux, uy)[:, None, :]
-        y_lo = interp(xs, lx, ly)[:, None, :]
-        yy = ys[None, :, None]
-        e3 = eye[:, None, None]
+        ux, _ = sorted_line(upper)
+
+        def line(points: Tensor) -> Tensor:  # (B, K, 2) → y per column (B, 1, w)
+            px, py = sorted_line(points)
+            return interp(xs, px, py)[:, None, :]
+
         centre = upper[..., 0].mean(dim=1)[:, None, None]
         half = torch.clamp((ux[:, -1:] - ux[:, :1])[..., None] / 2, min=1.0)
-        across = torch.clamp((xs - centre).abs() / half, 0.0, 1.0)  # (B, 1, w)
-        depth = 1.0 - 0.45 * across**2
-        gap = torch.clamp(y_lo - y_up, min=1.0)
-        t = torch.clamp((yy - y_up) / gap, 0.0, 1.0)
-        shade = 0.7 + 0.3 * (1 - (t - 0.5).abs() * 2)
-        tongue_w = (torch.clamp((t - 0.55) / 0.3, 0, 1)
-                    * torch.clamp(gap / (0.25 * e3), 0, 1) * 0.8)
-        up_band = torch.clamp((L.UPPER_TEETH * e3 - (yy - y_up)) / 1.5, 0, 1)
-        lo_band = torch.clamp((L.LOWER_TEETH * e3 - (y_lo - yy)) / 1.5, 0, 1) * 0.85
-        u = (xs - centre) / (0.09 * e3)
-        seams = 1.0 - 0.07 * torch.exp(-((u - torch.floor(u)) - 0.5) ** 2 / 0.004)
-        teeth_shade = (depth * seams)[:, None]  # (B, 1, 1, w)
-        side = 1 - across**4
-        cavity, tongue, teeth = (palette[:, k][..., None, None] for k in (2, 3, 1))
-        layer = cavity * shade[:, None]
-        layer = layer + (tongue * 0.8 - layer) * tongue_w[:, None]
-        for band in (up_band, lo_band):
-            layer = layer + (teeth * teeth_shade - layer) * (band * side)[:, None]
-        layer = layer * torch.sqrt(depth)[:, None]
+        lip, teeth, cavity, tongue, gum = (palette[:, k][..., None, None] for k in range(5))
+        style = palette[:, 5]
+        layer = MI.interior(TORCH, xs[None, None, :], ys[None, :, None], line(upper), line(lower),
+                            line(teeth_lines[:, 0]), line(teeth_lines[:, 1]), centre, half,
+                            eye[:, None, None], lip, teeth, cavity, tongue, gum,
+                            style[:, 0, None, None], style[:, 1, None, None])
         region = torch.floor(torch.clamp(region + (layer - region) * alpha[:, None], 0, 255))
         return paste(image, region, x0, y0)
 
@@ -465,6 +467,7 @@ class RendererGraph(nn.Module):
         maps, target = self.maps(m, expression, rest, z, phi, params)
         crop = images[:, 0:3]
         image = torch.round(sample_pixels(crop, maps.permute(0, 2, 3, 1)))  # (B, 3, S, S)
-        image = self.mouth_layer(image, target, rest, palette, eye)
+        image = self.mouth_layer(image, target, rest, palette, eye,
+                                 self.teeth_lines(m, rest, z, basis, params))
         image = self.eye_layers(image, target, rest, iris, maps, crop, images[:, 3:9], m, eye)
         return image.permute(0, 2, 3, 1).reshape(-1, self.size, self.size, 3)

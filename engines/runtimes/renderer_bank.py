@@ -36,7 +36,7 @@ BANK_VERSION = "bank-1"
 # rig_params layout: face axes (ex, ey) rows, pivot (x, y, z), scale s, eye widths (right, left)
 RIG_PARAMS = ("ex_x", "ex_y", "ey_x", "ey_y", "pivot_x", "pivot_y", "pivot_z", "scale",
               "eye_width_r", "eye_width_l")
-PALETTE_KEYS = ("lip", "teeth", "cavity", "tongue")
+PALETTE_KEYS = ("lip", "teeth", "cavity", "tongue", "gum", "style")
 IMAGE_PLATES = ("crop", "crop_no_iris", "crop_lids")  # 3 channels each, stacked → 9
 # Fixed layer regions, fractions of the crop side: (x0, y0, x1, y1).
 MOUTH_REGION = (0.20, 0.42, 0.80, 0.92)
