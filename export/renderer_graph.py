@@ -386,7 +386,7 @@ class RendererGraph(nn.Module):
         alpha = blur3(between_lines(upper, lower, xs, ys), self.blur_kernel) * strength
         ux, _ = sorted_line(upper)
 
-        def line(points: Tensor) -> Tensor:  # (B, K, 2) → y per column (B, 1, w)
+        def column_y(points: Tensor) -> Tensor:  # (B, K, 2) → y per column (B, 1, w)
             px, py = sorted_line(points)
             return interp(xs, px, py)[:, None, :]
 
@@ -394,8 +394,9 @@ class RendererGraph(nn.Module):
         half = torch.clamp((ux[:, -1:] - ux[:, :1])[..., None] / 2, min=1.0)
         lip, teeth, cavity, tongue, gum = (palette[:, k][..., None, None] for k in range(5))
         style = palette[:, 5]
-        layer = MI.interior(TORCH, xs[None, None, :], ys[None, :, None], line(upper), line(lower),
-                            line(teeth_lines[:, 0]), line(teeth_lines[:, 1]), centre, half,
+        layer = MI.interior(TORCH, xs[None, None, :], ys[None, :, None], column_y(upper),
+                            column_y(lower), column_y(teeth_lines[:, 0]),
+                            column_y(teeth_lines[:, 1]), centre, half,
                             eye[:, None, None], lip, teeth, cavity, tongue, gum,
                             style[:, 0, None, None], style[:, 1, None, None])
         region = torch.floor(torch.clamp(region + (layer - region) * alpha[:, None], 0, 255))
