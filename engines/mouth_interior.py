@@ -61,6 +61,7 @@ class Ops:
     exp: Callable[[Any], Any]
     sin: Callable[[Any], Any]
     channel: Callable[[Any], Any]  # a map → a map broadcastable against a colour
+    brightness: Callable[[Any], Any]  # a colour layer → its mean over channels (kept as a dim)
 
 
 def _np_clamp(x: Any, lo: float | None, hi: float | None) -> Any:
@@ -68,7 +69,8 @@ def _np_clamp(x: Any, lo: float | None, hi: float | None) -> Any:
 
 
 NUMPY = Ops(clamp=_np_clamp, abs=np.abs, floor=np.floor, exp=np.exp, sin=np.sin,
-            channel=lambda a: a[..., None])
+            channel=lambda a: a[..., None],
+            brightness=lambda a: a.mean(axis=-1, keepdims=True))
 
 
 def ramp_interp(ops: Ops, x: Any, knots: tuple[float, ...]) -> Any:
@@ -155,7 +157,9 @@ def interior(ops: Ops, xs: Any, ys: Any, y_up: Any, y_lo: Any, y_ue: Any, y_le: 
 
     # The portrait's lighting across the mouth, then its style.
     layer = layer * ch(1.0 + light * ops.clamp(dx / half, -1.0, 1.0))
+    # Posterised in brightness only (per channel, dark reds would turn green).
     per_value = ch(ops.clamp(levels, 1.0, None) / 255.0)  # levels per unit of brightness
-    posterised = ops.floor(layer * per_value + 0.5) / per_value
+    value = ops.clamp(ops.brightness(layer), 1.0, None)
+    posterised = layer * ((ops.floor(value * per_value + 0.5) / per_value) / value)
     flat = ch(ops.clamp(levels, 0.0, 1.0))  # 0: a photo, no posterising
     return layer + (posterised - layer) * flat

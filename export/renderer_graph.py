@@ -51,7 +51,8 @@ from engines.runtimes.renderer_bank import (
 from engines.warp import FIXED_POINT_STEPS, MIN_NEWTON_DET
 
 TORCH = MI.Ops(clamp=lambda x, lo, hi: torch.clamp(x, min=lo, max=hi), abs=torch.abs,
-               floor=torch.floor, exp=torch.exp, sin=torch.sin, channel=lambda a: a[:, None])
+               floor=torch.floor, exp=torch.exp, sin=torch.sin, channel=lambda a: a[:, None],
+               brightness=lambda a: a.mean(dim=1, keepdim=True))
 REMAP_SUBPIXEL = 32.0  # cv2.remap's INTER_TAB_SIZE: float maps are rounded to 1/32 px
 _UI, _LI = list(ft.LIPS_UPPER_INNER), list(ft.LIPS_LOWER_INNER)
 _UO, _LO = list(ft.LIPS_UPPER_OUTER), list(ft.LIPS_LOWER_OUTER)

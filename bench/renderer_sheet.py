@@ -1,0 +1,173 @@
+"""Pictures to look at: portraits × mouth shapes, and a short clip per portrait.
+
+``python -m bench.renderer_sheet [--out docs] [--no-clips]`` writes
+``docs/renderer_contact_sheet.jpg`` (one row per portrait: rest, AA, EE, OO, M, F/V, a blink;
+each tile the mouth and eyes of the aligned crop) and ``docs/clips/<portrait>.mp4`` (10 s at
+256², the learned generator on an espeak-ng sentence, H.264 + AAC).
+
+The portraits are the ones this machine can have offline, each a kind of input users bring:
+
+- ``hopper``: Grace Hopper (US Navy photograph, public domain; matplotlib's sample data): a
+  closed-mouth photo, an elderly face, glasses;
+- ``astronaut``: Eileen Collins (NASA, public domain; scikit-image): a smile showing teeth;
+- ``painting``: the astronaut through OpenCV's edge-preserving filter and detail enhancement
+  (painterly: flat brush areas, no photo grain);
+- ``cartoon``: the Hopper photo posterised to 8 colours (flat, stylised);
+- ``sketch``: the astronaut as a pencil drawing under heavy grain (found only after the
+  detector's retries, engines/face_search.py).
+
+No darker-skinned or bearded portrait with a free licence could be had offline here (none in
+Debian's or PyPI's packages that install without a download): docs/benchmarks.md says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES: dict[str, dict[str, float]] = {
+    "rest": {},
+    "AA": {"jaw_open": 0.9},
+    "EE": {"jaw_open": 0.3, "lip_stretch": 0.8},
+    "OO": {"jaw_open": 0.35, "lip_round": 1.0},
+    "M": {"lip_press": 1.0},
+    "F/V": {"jaw_open": 0.12, "upper_lip_raise": 0.5, "lower_lip_depress": -0.4},
+    "blink": {"blink_l": 1.0, "blink_r": 1.0},
+}
+SENTENCE = ("Hello! My name is Peter Piper, and I am happy to meet you. Papa bought a bottle of "
+            "milk, and we all sang along: la la la.")
+TILE = (150, 110, 370, 440)  # x0, y0, x1, y1 in the 512² crop: eyes to chin
+
+
+def hopper() -> np.ndarray:
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+def painting() -> np.ndarray:
+    smooth = cv2.edgePreservingFilter(astronaut(), flags=cv2.RECURS_FILTER, sigma_s=40,
+                                      sigma_r=0.35)
+    return cv2.detailEnhance(smooth, sigma_s=10, sigma_r=0.15)  # brush-like, no photo grain
+
+
+def cartoon() -> np.ndarray:
+    rgb = hopper()
+    pixels = rgb.reshape(-1, 3).astype(np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 1.0)
+    _, labels, centres = cv2.kmeans(pixels, 8, None, criteria, 3,  # type: ignore[call-overload]
+                                    cv2.KMEANS_PP_CENTERS)
+    return centres.astype(np.uint8)[labels.reshape(-1)].reshape(rgb.shape)
+
+
+def sketch() -> np.ndarray:
+    g = cv2.cvtColor(astronaut(), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    inv = 255 - cv2.GaussianBlur(255 - g, (0, 0), 8)
+    drawn = np.clip(g * 255 / np.maximum(inv, 1), 0, 255)
+    noisy = drawn + np.random.default_rng(0).normal(0, 60, drawn.shape)
+    return np.repeat(np.clip(noisy, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+PORTRAITS: dict[str, Callable[[], np.ndarray]] = {
+    "hopper": hopper, "astronaut": astronaut, "painting": painting, "cartoon": cartoon,
+    "sketch": sketch,
+}
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def label(tile: np.ndarray, text: str) -> np.ndarray:
+    out = tile.copy()
+    cv2.putText(out, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return out
+
+
+def contact_sheet(packs: dict[str, object], path: Path) -> None:
+    from engines.motion import motion
+    from engines.renderer import Renderer
+
+    x0, y0, x1, y1 = TILE
+    rows = []
+    for name, pack in packs.items():
+        renderer = Renderer(pack)  # type: ignore[arg-type]
+        tiles = [label(renderer.render(motion(**values)).image[y0:y1, x0:x1],
+                       f"{name} {shape}" if shape == "rest" else shape)
+                 for shape, values in SHAPES.items()]
+        rows.append(np.hstack(tiles))
+    sheet = np.vstack(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), sheet[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+    print(f"wrote {path} ({sheet.shape[1]}×{sheet.shape[0]})")
+
+
+def clips(portraits: dict[str, np.ndarray], out_dir: Path) -> None:
+    from streamer.offline import RenderOptions, render_file
+    from streamer.voice import synthesize
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    speech = asyncio.run(synthesize(SENTENCE))[: 10 * 16000]
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        _write_wav(wav, speech)
+        for name, rgb in portraits.items():
+            image = Path(tmp) / f"{name}.png"
+            image.write_bytes(png(rgb))
+            report = render_file(image, wav, out_dir / f"{name}.mp4",
+                                 RenderOptions(size=256, label="AI-generated"))
+            size_kb = (out_dir / f"{name}.mp4").stat().st_size // 1024
+            print(f"wrote {report.output} ({report.frames} frames, {size_kb} KiB)")
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs")
+    parser.add_argument("--no-clips", action="store_true")
+    args = parser.parse_args(argv)
+    from engines.avatar import AvatarPreparer
+
+    preparer = AvatarPreparer()
+    portraits = {name: make() for name, make in PORTRAITS.items()}
+    packs = {name: preparer.prepare(png(rgb)) for name, rgb in portraits.items()}
+    for name, pack in packs.items():
+        print(f"{name}: {pack.meta.get('warnings') or 'ok'}; style {pack.palette['style']}")
+    contact_sheet(packs, args.out / "renderer_contact_sheet.jpg")
+    if not args.no_clips:
+        clips(portraits, args.out / "clips")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
