@@ -27,7 +27,7 @@ $(STAMPS)/venv: pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,talk]'
+	$(PY) -m pip install -q -e '.[dev,talk,livekit,pipecat]'
 	@touch $@
 
 # Face model files, taken from the mediapipe 0.10.21 wheel on PyPI and checked by sha256.
@@ -110,7 +110,7 @@ GEN := artifacts/generator
 export-deps: setup $(STAMPS)/export
 
 $(STAMPS)/export: $(STAMPS)/venv
-	$(PY) -m pip install -q -e '.[dev,talk,export]'
+	$(PY) -m pip install -q -e '.[dev,talk,livekit,pipecat,export]'
 	@touch $@
 
 data: export-deps

@@ -334,6 +334,9 @@ def create_app(manager: SessionManager, token: str | None = None,
                 with contextlib.suppress(BaseException):
                     await task
 
+    from streamer.integrations.livekit_worker import add_livekit_routes
+    add_livekit_routes(app, manager)  # POST /v1/livekit/sessions: be a LiveKit agent's avatar
+
     # ------------------------------------------------------------------ provenance
     verify_slot = asyncio.Semaphore(1)  # ~1–2 s of CPU each: one at a time, sessions first
 

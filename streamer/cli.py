@@ -111,6 +111,43 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+def _cmd_livekit_worker(args: argparse.Namespace) -> int:
+    """Be a LiveKit agent's avatar: join its room here, or have a running server join it."""
+    import asyncio
+
+    from streamer.integrations.livekit_worker import ask_server, require_livekit, run_standalone
+
+    if not args.url or not args.token:
+        print("vivify: --url and --token are needed (or LIVEKIT_URL and LIVEKIT_AVATAR_TOKEN)",
+              file=sys.stderr)
+        return 2
+    if args.server:  # plain HTTP: no LiveKit packages needed in this process
+        try:
+            answer = ask_server(args.server, args.server_token, args.url, args.token, args.avatar)
+        except ConnectionError as exc:
+            print(f"vivify: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(answer, indent=2))
+        return 0
+    try:
+        require_livekit()
+    except ImportError as exc:
+        print(f"vivify: {exc}", file=sys.stderr)
+        return 2
+    from streamer.config import ServerConfig
+
+    config = ServerConfig.from_env(max_sessions=1, session_idle_timeout=0, driver=args.driver)
+    try:
+        reason = asyncio.run(run_standalone(args.url, args.token, args.avatar, config))
+    except ConnectionError as exc:
+        print(f"vivify: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    print(f"avatar session ended: {reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vivify", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -192,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/demo.mp4")
     render_flags(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("livekit-worker",
+                       help="be a LiveKit agent's avatar: join its room, publish face and voice")
+    p.add_argument("--url", default=os.environ.get("LIVEKIT_URL"),
+                   help="the LiveKit server, wss://… (LIVEKIT_URL)")
+    p.add_argument("--token", default=os.environ.get("LIVEKIT_AVATAR_TOKEN"),
+                   help="the avatar participant's token, minted by the agent with "
+                        "lk.publish_on_behalf (LIVEKIT_AVATAR_TOKEN)")
+    p.add_argument("--avatar", default="default", help="avatar id (default)")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="have this running `vivify serve` join instead (its engines, batched "
+                        "with its other sessions); without it the engines run here")
+    p.add_argument("--server-token", default=os.environ.get("VIVIFY_TOKEN"),
+                   help="that server's bearer token (VIVIFY_TOKEN)")
+    p.add_argument("--driver", choices=("baseline", "learned"), default=None,
+                   help="motion driver when the engines run here (VIVIFY_DRIVER, baseline)")
+    p.set_defaults(func=_cmd_livekit_worker)
 
     add_talk_parser(sub)
     add_verify_parser(sub)

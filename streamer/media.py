@@ -195,6 +195,7 @@ class SessionMedia:
         self._segment_open = False
         self._segment_played = 0  # live samples played in the current segment
         self._segment_ended = False
+        self._segment_padding = 0  # silence added to complete the segment's last block
         self._epoch = 0  # bumped by interrupt: work started before it is discarded
 
     # ------------------------------------------------------------------ lifecycle
@@ -255,13 +256,26 @@ class SessionMedia:
         self._input_len += samples.size
         if not self._segment_open:
             self._segment_open, self._segment_ended, self._segment_played = True, False, 0
+            self._segment_padding = 0
         if self.live and self._input_len > MAX_LIVE_BACKLOG:
             self._drop_input(self._input_len - MAX_LIVE_BACKLOG)
         self._wake.set()
 
     def segment_end(self) -> None:
-        """The agent finished a segment: report ``playback_finished`` once it has played."""
-        if self._segment_open:
+        """The agent finished a segment: report ``playback_finished`` once it has played.
+
+        A segment rarely ends on a 40 ms boundary; its last partial block is completed with
+        silence so it plays now (it used to wait for the next segment's audio, and be counted
+        in that one), and the padding is left out of the reported position.
+        """
+        if self._segment_open and not self._segment_ended:
+            tail = self._input_len % SAMPLES_PER_FRAME
+            if tail:
+                pad = SAMPLES_PER_FRAME - tail
+                self._input.append(np.zeros(pad, np.float32))
+                self._input_len += pad
+                self._segment_padding = pad
+                self._wake.set()
             self._segment_ended = True
             self._maybe_finish()
 
@@ -469,8 +483,9 @@ class SessionMedia:
                 and not any(p.live for p in self._ready.values())
                 and not any(live for _, live, _ in self._pending)):
             self._segment_open = self._segment_ended = False
+            played = self._segment_played - self._segment_padding
             self._on_event({"type": "playback_finished",
-                            "position_ms": self._segment_played * 1000 // SAMPLE_RATE,
+                            "position_ms": played * 1000 // SAMPLE_RATE,
                             "interrupted": False})
 
 

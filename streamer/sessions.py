@@ -37,7 +37,7 @@ from streamer.errors import ApiError, Full, NotFound
 from streamer.fanout import VideoFanout
 from streamer.media import SessionMedia
 from streamer.memory import release_free_heap
-from streamer.rtc import new_peer_connection
+from streamer.rtc import new_peer_connection, shorten_audio_jitter_buffer
 from streamer.scheduler import InferenceScheduler
 from streamer.tracks import AvatarAudioTrack, AvatarVideoTrack
 
@@ -108,26 +108,6 @@ async def _answer(pc: RTCPeerConnection, offer: dict[str, str], video: MediaStre
     return {"type": pc.localDescription.type, "sdp": sdp}
 
 
-def _shorten_audio_jitter_buffer(pc: RTCPeerConnection, track: MediaStreamTrack,
-                                 frames: int) -> None:
-    """Release incoming audio after ``frames`` later packets, not aiortc's fixed 4.
-
-    aiortc's audio receiver holds every Opus packet until 4 newer ones have arrived: 80 ms
-    added to speech onset → mouth, the largest single item in our latency budget. A shorter
-    prefetch tolerates less reordering; on loopback and LANs there is none, and a packet that
-    comes too late is concealed like a lost one. aiortc has no public knob for this, so the
-    attribute is set where it exists and left alone (with a log line) where it does not.
-    """
-    for receiver in pc.getReceivers():
-        if receiver.track is not track:
-            continue
-        buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        if buffer is not None and hasattr(buffer, "_prefetch"):
-            buffer._prefetch = frames
-        else:
-            log.info("aiortc's audio jitter buffer is not reachable: prefetch left as is")
-
-
 def _video_codec(sdp: str) -> str | None:
     """The codec of the first payload type of the answer's video section, lower case."""
     lines = sdp.splitlines()
@@ -187,7 +167,7 @@ class Session:
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio" and self.mode == "mirror":
-                _shorten_audio_jitter_buffer(pc, track, self.manager.config.audio_prefetch_frames)
+                shorten_audio_jitter_buffer(pc, track, self.manager.config.audio_prefetch_frames)
                 self._spawn(self._ingest(track), "ingest")
 
         @pc.on("connectionstatechange")

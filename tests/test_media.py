@@ -97,6 +97,23 @@ def test_playback_events(played_speech) -> None:  # type: ignore[no-untyped-def]
     assert events[1]["position_ms"] == len(audio) // SAMPLES_PER_FRAME * 40
 
 
+def test_a_segment_that_ends_mid_block_plays_whole_and_alone(renderer) -> None:  # type: ignore[no-untyped-def]
+    """16 100 samples are 25 blocks and 100 samples: the tail plays with its segment (padded
+    with silence), not at the start of the next one, and each position is exact."""
+    first, second = _speech_like(16100 / 16000, seed=1), _speech_like(0.4, seed=2)
+    played, events, _ = _run(renderer, 3.0, live=False,
+                             setup=lambda m: (m.push_audio(first), m.segment_end()),
+                             actions=[(1.6, lambda m: (m.push_audio(second), m.segment_end()))])
+    finished = [e for e in events if e["type"] == "playback_finished"]
+    assert [e["position_ms"] for e in finished] == [1006, 400]
+    live = [p for p in played if p.live]
+    assert len(live) == 26 + 10
+    tail = live[25].audio
+    sent = np.clip(first[16000:] * 32767, -32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(tail[:100], sent)
+    assert not tail[100:].any()  # silence after the segment's last sample
+
+
 def test_silence_idles_alive(renderer) -> None:  # type: ignore[no-untyped-def]
     played, events, _media = _run(renderer, 6.0, live=True)
     assert len(played) >= 140 and not any(p.live for p in played)

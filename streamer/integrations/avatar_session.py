@@ -59,24 +59,43 @@ def to_mono_float(pcm: np.ndarray | bytes, channels: int = 1) -> np.ndarray:
 
 class Resampler:
     """Streaming resampling to 16 kHz mono (FFmpeg's swresample through PyAV): the filter
-    state carries across chunks, so 20 ms TTS chunks join without clicks."""
+    state carries across chunks, so 20 ms TTS chunks join without clicks; ``flush`` returns
+    the filter's last samples at a segment's end instead of carrying them into the next."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: int | None = None) -> None:
         self._rate: int | None = None
         self._resampler: Any = None
+        if rate is not None:
+            self._reset(rate)
 
-    def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
-        if sample_rate == SAMPLE_RATE or samples.size == 0:
+    def _reset(self, rate: int) -> None:
+        import av
+
+        self._rate = rate
+        self._resampler = (None if rate == SAMPLE_RATE else
+                           av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE))
+
+    def __call__(self, samples: np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+        rate = sample_rate or self._rate or SAMPLE_RATE
+        if rate != self._rate:
+            self._reset(rate)
+        if self._resampler is None or samples.size == 0:
             return samples
         import av
 
-        if sample_rate != self._rate:
-            self._rate = sample_rate
-            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = sample_rate
-        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-        return np.concatenate(out).astype(np.float32) if out else samples[:0]
+        frame.sample_rate = rate
+        return self._collect(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        if self._resampler is None:
+            return np.zeros(0, np.float32)
+        return self._collect(self._resampler.resample(None))
+
+    @staticmethod
+    def _collect(frames: list[Any]) -> np.ndarray:
+        out = [f.to_ndarray().reshape(-1) for f in frames]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
 class AvatarSession:
