@@ -123,6 +123,50 @@ def contact_sheet(packs: dict[str, object], path: Path) -> None:
     print(f"wrote {path} ({sheet.shape[1]}×{sheet.shape[0]})")
 
 
+def mouth_metrics(packs: dict[str, object]) -> dict[str, dict[str, float]]:
+    """What an open vowel shows, measured on the rendered AA frame of each portrait.
+
+    Inside the rendered inner-lip opening: ``teeth`` is the share of bright, pale pixels
+    (value ≥ 0.75 of the portrait's skin, saturation ≤ 0.35), ``teeth_rgb`` their mean colour
+    (yellow-white: R ≥ G ≥ B), ``cavity`` the share of dark pixels (value ≤ 0.35 of the skin);
+    ``lip_thickness`` is the upper and lower lips' thickness at the middle, AA over rest (1 =
+    kept; a stretched lip thins).
+    """
+    from engines import face_topology as ft
+    from engines.motion import motion
+    from engines.renderer import Renderer
+
+    out: dict[str, dict[str, float]] = {}
+    for name, pack in packs.items():
+        renderer = Renderer(pack)  # type: ignore[arg-type]
+        frame = renderer.render(motion(**SHAPES["AA"]))
+        points = frame.pose.points
+        inner = np.concatenate([points[list(ft.LIPS_UPPER_INNER)],
+                                points[list(ft.LIPS_LOWER_INNER)][::-1]])
+        mask = np.zeros(frame.image.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 255)
+        mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
+        px = frame.image[mask > 0].astype(np.float32)
+        skin = float(np.max(pack.palette["skin"]))  # type: ignore[attr-defined]
+        value = px.max(axis=1)
+        sat = (value - px.min(axis=1)) / np.maximum(value, 1)
+        teeth = (value >= 0.75 * skin) & (sat <= 0.35)
+        rest = renderer.rig.pose(motion()).points
+
+        def thickness(p: np.ndarray) -> tuple[float, float]:
+            return float(p[13, 1] - p[0, 1]), float(p[17, 1] - p[14, 1])
+
+        (up_a, lo_a), (up_r, lo_r) = thickness(points), thickness(rest)
+        out[name] = {
+            "teeth": round(float(teeth.mean()), 3),
+            "teeth_rgb": [round(float(v)) for v in px[teeth].mean(axis=0)] if teeth.any()
+            else [],
+            "cavity": round(float((value <= 0.35 * skin).mean()), 3),
+            "lip_thickness": round(min(up_a / max(up_r, 1e-6), lo_a / max(lo_r, 1e-6)), 2),
+        }
+    return out  # type: ignore[return-value]
+
+
 def clips(portraits: dict[str, np.ndarray], out_dir: Path) -> None:
     from streamer.offline import RenderOptions, render_file
     from streamer.voice import synthesize
@@ -164,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, pack in packs.items():
         print(f"{name}: {pack.meta.get('warnings') or 'ok'}; style {pack.palette['style']}")
     contact_sheet(packs, args.out / "renderer_contact_sheet.jpg")
+    for name, values in mouth_metrics(packs).items():
+        print(f"{name} AA: {values}")
     if not args.no_clips:
         clips(portraits, args.out / "clips")
     return 0
