@@ -45,6 +45,8 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from bench.loopback import rss_mib
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "bench" / "results" / "fuzz-latest.json"
 MAX_SESSIONS = 3
@@ -65,17 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float | None:
-    """VmRSS of ``pid`` in MiB, None once the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 class ServerProcess:

@@ -98,7 +98,33 @@ class Resampler:
         return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
-class AvatarSession:
+class SessionStreams:
+    """``pairs()`` and ``events()`` over two queues: the local and the remote session differ
+    only in what fills them. ``None`` on the pair queue ends ``pairs()``; the
+    ``session_closed`` event ends ``events()``."""
+
+    _pair_queue: asyncio.Queue[AVPair | None]
+    _events: asyncio.Queue[dict[str, Any]]
+
+    async def pairs(self) -> AsyncIterator[AVPair]:
+        """Every played frame with its audio, in order, one per 40 ms, until the session
+        ends. A consumer that falls more than a few frames behind loses its oldest."""
+        while True:
+            pair = await self._pair_queue.get()
+            if pair is None:
+                return
+            yield pair
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Session events until the session ends (its last is ``session_closed``)."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if event.get("code") == "session_closed":
+                return
+
+
+class AvatarSession(SessionStreams):
     """One avatar on the engines of this process (see the module docstring)."""
 
     sample_rate = SAMPLE_RATE
@@ -110,6 +136,7 @@ class AvatarSession:
         session.sockets.add(self._on_event)
         session.consumers += 1  # a plugin pulling frames attends the session: never idle
         self._sub = session.media.subscribe()
+        self._pair_queue = self._sub.video
         self._resample = Resampler()
         self._released = False
 
@@ -162,23 +189,6 @@ class AvatarSession:
             c.gaze = gaze
         if distance is not None:
             c.distance = distance
-
-    async def pairs(self) -> AsyncIterator[AVPair]:
-        """Every played frame with its audio, in order, one per 40 ms, until the session
-        ends. A consumer that falls more than a few frames behind loses its oldest."""
-        while True:
-            pair = await self._sub.video.get()
-            if pair is None:
-                return
-            yield pair
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Session events until the session ends (its last is ``session_closed``)."""
-        while True:
-            event = await self._events.get()
-            yield event
-            if event.get("code") == "session_closed":
-                return
 
     def stats(self) -> dict[str, Any]:
         return self._session.stats()

@@ -29,13 +29,12 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
 from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME, float_to_pcm16
-from streamer.integrations.avatar_session import Resampler, to_mono_float
+from streamer.integrations.avatar_session import Resampler, SessionStreams, to_mono_float
 from streamer.media import FPS, AVPair
 
 log = logging.getLogger(__name__)
@@ -159,7 +158,7 @@ class PairAssembler:
         return AVPair(slot, image, block, live)
 
 
-class RemoteAvatarSession:
+class RemoteAvatarSession(SessionStreams):
     """One broadcast session of a remote server (see the module docstring). Made by
     :meth:`RemoteAvatars.open`; same methods as the in-process ``AvatarSession``."""
 
@@ -174,7 +173,7 @@ class RemoteAvatarSession:
         self._size = size
         self._assembler = PairAssembler()
         self._resample = Resampler()
-        self._pairs: asyncio.Queue[AVPair | None] = asyncio.Queue(PAIR_QUEUE)
+        self._pair_queue: asyncio.Queue[AVPair | None] = asyncio.Queue(PAIR_QUEUE)
         self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(EVENT_QUEUE)
         self._outbox: asyncio.Queue[bytes | str] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -242,22 +241,6 @@ class RemoteAvatarSession:
             self._outbox.put_nowait(json.dumps(message))
 
     # ------------------------------------------------------------------ media and events
-    async def pairs(self) -> AsyncIterator[AVPair]:
-        """Every received frame with its audio, in slot order, until the session ends."""
-        while True:
-            pair = await self._pairs.get()
-            if pair is None:
-                return
-            yield pair
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """The session's events until it ends (its last is ``session_closed``)."""
-        while True:
-            event = await self._events.get()
-            yield event
-            if event.get("code") == "session_closed":
-                return
-
     def stats(self) -> dict[str, Any]:
         return {"id": self.id, "connection": self._pc.connectionState, **self._assembler.stats}
 
@@ -284,10 +267,10 @@ class RemoteAvatarSession:
                 self._offer(pair)
 
     def _offer(self, pair: AVPair | None) -> None:
-        if self._pairs.full():
+        if self._pair_queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
-                self._pairs.get_nowait()
-        self._pairs.put_nowait(pair)
+                self._pair_queue.get_nowait()
+        self._pair_queue.put_nowait(pair)
 
     def _event(self, event: dict[str, Any]) -> None:
         if event.get("code") == "session_closed":
