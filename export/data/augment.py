@@ -17,12 +17,18 @@ from scipy import signal
 
 RATE = 16_000
 OPUS_RATE = 48_000  # libopus runs at 48 kHz in WebRTC
-OPUS_KBPS = (16, 32)
+OPUS_KBPS = (8, 32)
 SNR_DB = (5.0, 30.0)
 GAIN_DB = (-12.0, 6.0)
 SPEED = (0.9, 1.1)
 RT60_S = (0.15, 0.6)
 BAND_HZ = (300.0, 3400.0)  # telephone band
+VTLP_ALPHA = (0.88, 1.12)  # vocal-tract length: formants scaled by this (child ↔ adult male)
+PITCH_SEMITONES = (-4.0, 4.0)
+TILT_DB_PER_OCTAVE = (-4.0, 3.0)  # spectral tilt around 1 kHz (a dull or a bright microphone)
+EQ_BANDS = 3  # random peaking filters
+EQ_GAIN_DB = (-9.0, 9.0)
+MU = 255.0  # G.711 μ-law
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
@@ -96,17 +102,103 @@ def _best_lag(x: np.ndarray, y: np.ndarray, max_lag: int) -> int:
     return int(np.argmax(seg)) - max_lag
 
 
+def vtlp(x: np.ndarray, alpha: float) -> np.ndarray:
+    """Vocal-tract length perturbation: the spectral envelope's frequencies × ``alpha``
+    (piecewise linear, so the band edge stays put), timing untouched. Each STFT frame's
+    magnitude is read at f / alpha; its phase is kept (the harmonics keep their pitch)."""
+    f, _, z = signal.stft(x, fs=RATE, nperseg=512, noverlap=384)
+    top, cut = float(f[-1]), 0.8 * float(f[-1])
+    src = np.where(f <= cut, f / alpha,  # read the envelope at f / alpha ...
+                   cut / alpha + (f - cut) * (top - cut / alpha) / (top - cut))  # ... to the top
+    mag = np.abs(z)
+    warped = np.stack([np.interp(src, f, mag[:, k]) for k in range(mag.shape[1])], axis=1)
+    _, y = signal.istft(warped * np.exp(1j * np.angle(z)), fs=RATE, nperseg=512, noverlap=384)
+    return _same_length_and_level(x, y)
+
+
+def pitch_shift(x: np.ndarray, semitones: float) -> np.ndarray:
+    """Pitch (and formants, by design) shifted, duration unchanged (librosa's phase vocoder
+    + resampling): a higher or lower voice on the same timeline as the labels."""
+    import librosa
+
+    y = librosa.effects.pitch_shift(x.astype(np.float32), sr=RATE, n_steps=semitones)
+    return _same_length_and_level(x, y)
+
+
+def equalise(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random microphone: a spectral tilt and a few peaking filters (RBJ biquads)."""
+    tilt = float(rng.uniform(*TILT_DB_PER_OCTAVE))
+    f, _, z = signal.stft(x, fs=RATE, nperseg=512, noverlap=384)
+    octaves = np.log2(np.maximum(f, 50.0) / 1000.0)
+    z = z * (10 ** (tilt * octaves / 20))[:, None]
+    _, y = signal.istft(z, fs=RATE, nperseg=512, noverlap=384)
+    y = y.astype(np.float64)
+    for _ in range(EQ_BANDS):
+        f0 = float(np.exp(rng.uniform(np.log(150.0), np.log(6000.0))))
+        gain = float(rng.uniform(*EQ_GAIN_DB))
+        q = float(rng.uniform(0.5, 3.0))
+        y = signal.lfilter(*_peaking(f0, gain, q), y)
+    return _same_length_and_level(x, y)
+
+
+def _peaking(f0: float, gain_db: float, q: float) -> tuple[np.ndarray, np.ndarray]:
+    a = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * f0 / RATE
+    alpha = np.sin(w0) / (2 * q)
+    b = np.array([1 + alpha * a, -2 * np.cos(w0), 1 - alpha * a])
+    den = np.array([1 + alpha / a, -2 * np.cos(w0), 1 - alpha / a])
+    return b / den[0], den / den[0]
+
+
+def phone_line(x: np.ndarray) -> np.ndarray:
+    """A telephone: 300–3400 Hz, 8 kHz, G.711 μ-law (8 bits), back to 16 kHz."""
+    narrow = resample(band_limit(x), RATE, 8000)
+    peak = float(np.max(np.abs(narrow))) + 1e-9
+    v = np.clip(narrow / peak, -1, 1)
+    coded = np.sign(v) * np.log1p(MU * np.abs(v)) / np.log1p(MU)
+    coded = np.round(coded * 127) / 127  # 8 bits
+    decoded = np.sign(coded) * np.expm1(np.abs(coded) * np.log1p(MU)) / MU * peak
+    return _same_length_and_level(x, resample(decoded.astype(np.float32), 8000, RATE))
+
+
+def _same_length_and_level(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``y`` cut or padded to ``x``'s length, at ``x``'s RMS: augmentations change the sound,
+    never the timeline the labels are on or the loudness (gain has its own step)."""
+    out = np.zeros(x.size, np.float32)
+    n = min(x.size, y.size)
+    out[:n] = y[:n]
+    scale = np.sqrt(np.mean(x.astype(np.float64) ** 2) / (np.mean(out.astype(np.float64) ** 2)
+                                                           + 1e-12))
+    return np.clip(out * scale, -1.0, 1.0).astype(np.float32)
+
+
 def augment(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """A random chain of augmentations (30 % of clips stay clean). Returns audio and the names."""
+    """A random chain of augmentations (30 % of clips stay clean). Returns audio and the names.
+
+    Speaker first (vocal tract, pitch), then the room, the microphone and the channel: the
+    order sound takes from a mouth to our input.
+    """
     applied: list[str] = []
     if rng.uniform() < 0.3:
         return x, applied
+    if rng.uniform() < 0.35:
+        x = vtlp(x, float(rng.uniform(*VTLP_ALPHA)))
+        applied.append("vtlp")
+    if rng.uniform() < 0.25:
+        x = pitch_shift(x, float(rng.uniform(*PITCH_SEMITONES)))
+        applied.append("pitch")
     if rng.uniform() < 0.3:
         x = reverb(x, float(rng.uniform(*RT60_S)), rng)
         applied.append("reverb")
+    if rng.uniform() < 0.3:
+        x = equalise(x, rng)
+        applied.append("eq")
     if rng.uniform() < 0.2:
         x = band_limit(x)
         applied.append("bandlimit")
+    elif rng.uniform() < 0.1:
+        x = phone_line(x)
+        applied.append("phone")
     if rng.uniform() < 0.4:
         x = add_noise(x, float(rng.uniform(*SNR_DB)), rng)
         applied.append("noise")
