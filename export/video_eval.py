@@ -1,0 +1,148 @@
+"""Lip-sync scored on the rendered video, the way the outside judge scores it.
+
+The outside judge (``../shared/judge``) measures the mouth on the *frames* a user sees (the
+MediaPipe face mesh: inner-lip gap over face height) and times the phones by forced alignment
+of a transcript (pocketsphinx, English only). This is the same principle inside the project,
+for clips whose phone times are known from their source (festival's own segment times,
+klettres recordings labelled by DTW, espeak-ng's events) and in any language:
+
+- the clip is rendered by a driver (``streamer.offline.render_file``: H.264, as delivered),
+  optionally after its audio went through Opus (the WebRTC channel);
+- the mouth opening is measured per decoded frame with the project's own face mesh (the same
+  MediaPipe landmark model the judge runs);
+- the scores follow the judge's definitions: the speech span's 90th percentile opening
+  (``open_p90``) and the clip's 5th (rest); a bilabial is *closed* when the opening within its
+  segment (± one frame) falls to rest + 25 % of that range, an open vowel (AA EH AH ER: the
+  judge's AA AE AH AO AW AY EH ER) *opened* when it reaches rest + 50 %; *silence at rest*:
+  frames ≥ 0.1 s from any speech whose opening stays under the closed threshold; *lag*: the
+  frame shift that best correlates the mouth with the audio envelope (+ = video late).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.audio_io import SAMPLES_PER_FRAME
+
+RATE = 16_000
+FPS = 25
+OPEN_VOWELS = ("AA", "EH", "AH", "ER")
+SILENCE_MARGIN_S = 0.1
+MAX_LAG = 5
+
+
+@dataclass(frozen=True)
+class Scores:
+    bilabial_closed: float | None
+    vowel_opened: float | None
+    open_p90: float
+    silence_at_rest: float | None
+    lag_frames: int
+    bilabials: int
+    open_vowels: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def mouth_openings(frames: list[np.ndarray], analyzer: Any) -> np.ndarray:
+    """Inner-lip gap (13–14) over face height (10–152) per frame; NaN where no face."""
+    out = np.full(len(frames), np.nan)
+    for k, rgb in enumerate(frames):
+        faces = analyzer.detect(rgb)
+        if not faces:
+            continue
+        lm = analyzer.landmarks(rgb, faces[0])
+        face = float(np.linalg.norm(lm[10, :2] - lm[152, :2]))
+        out[k] = float(np.linalg.norm(lm[13, :2] - lm[14, :2])) / max(face, 1e-6)
+    return out
+
+
+def envelope_db(audio: np.ndarray, n: int) -> np.ndarray:
+    """RMS level in dB per 40 ms frame."""
+    out = np.full(n, -100.0)
+    for i in range(n):
+        block = audio[i * SAMPLES_PER_FRAME:(i + 1) * SAMPLES_PER_FRAME]
+        if block.size:
+            out[i] = 20 * np.log10(np.sqrt(np.mean(block.astype(np.float64) ** 2)) + 1e-9)
+    return out
+
+
+def score(opening: np.ndarray, segments: list[tuple[float, float, str]],
+          audio: np.ndarray) -> Scores:
+    """The judge's scores (module docstring) for one clip's per-frame opening."""
+    op = np.where(np.isfinite(opening), opening, np.nanmedian(opening))
+    n = op.size
+    speech = [(a, b) for a, b, v in segments if v != "SIL"]
+    lo, hi = min(a for a, _ in speech), max(b for _, b in speech)
+    span = op[int(lo * FPS): int(hi * FPS) + 1]
+    top, rest = float(np.percentile(span, 90)), float(np.percentile(op, 5))
+    closed_thr, open_thr = rest + 0.25 * (top - rest), rest + 0.5 * (top - rest)
+
+    def window(a: float, b: float) -> np.ndarray:
+        i, j = int(a * FPS) - 1, int(np.ceil(b * FPS)) + 1
+        return op[max(i, 0):min(j, n)]
+
+    bil = [window(a, b).min() <= closed_thr for a, b, v in segments if v == "BMP"]
+    vow = [window(a, b).max() >= open_thr for a, b, v in segments if v in OPEN_VOWELS]
+    t = (np.arange(n) + 0.5) / FPS
+    far = np.ones(n, bool)
+    for a, b in speech:
+        far &= (t < a - SILENCE_MARGIN_S) | (t > b + SILENCE_MARGIN_S)
+    env = envelope_db(audio, n)
+    lags = range(-MAX_LAG, MAX_LAG + 1)
+
+    def corr(lag: int) -> float:
+        x, y = (env[: n - lag], op[lag:]) if lag >= 0 else (env[-lag:], op[: n + lag])
+        return float(np.corrcoef(x, y)[0, 1]) if x.size > 2 and x.std() and y.std() else -1.0
+
+    return Scores(
+        bilabial_closed=float(np.mean(bil)) if bil else None,
+        vowel_opened=float(np.mean(vow)) if vow else None,
+        open_p90=top,
+        silence_at_rest=float(np.mean(op[far] <= closed_thr)) if far.any() else None,
+        lag_frames=max(lags, key=corr),
+        bilabials=len(bil), open_vowels=len(vow))
+
+
+def render_and_score(audio: np.ndarray, segments: list[tuple[float, float, str]],
+                     driver: str, analyzer: Any, opus_kbps: int | None = None) -> Scores:
+    """Render ``audio`` (16 kHz) with ``driver`` on the default avatar and score the video.
+    With ``opus_kbps`` the driver hears the audio after an Opus round trip."""
+    import av
+
+    from engines.default_avatar import default_portrait_path
+    from export.data.augment import opus_roundtrip
+    from streamer.offline import RenderOptions, render_file
+
+    heard = opus_roundtrip(audio, opus_kbps) if opus_kbps else audio
+    with tempfile.TemporaryDirectory() as tmp:
+        wav, mp4 = Path(tmp) / "in.wav", Path(tmp) / "out.mp4"
+        with wave.open(str(wav), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes((np.clip(heard, -1, 1) * 32767).astype("<i2").tobytes())
+        render_file(default_portrait_path(), wav, mp4, RenderOptions(driver=driver))
+        with av.open(str(mp4)) as box:
+            frames = [f.to_ndarray(format="rgb24") for f in box.decode(video=0)]
+    return score(mouth_openings(frames, analyzer), segments, audio)
+
+
+def summarise(rows: list[Scores]) -> dict[str, float | None]:
+    """Means over clips, each score over the clips that have it (bilabials pooled)."""
+    def mean(key: str) -> float | None:
+        values = [getattr(r, key) for r in rows if getattr(r, key) is not None]
+        return round(float(np.mean(values)), 3) if values else None
+
+    lags = [abs(r.lag_frames) for r in rows]
+    return {"bilabial_closed": mean("bilabial_closed"), "vowel_opened": mean("vowel_opened"),
+            "open_p90": mean("open_p90"), "silence_at_rest": mean("silence_at_rest"),
+            "lag_frames_median": float(np.median([r.lag_frames for r in rows])),
+            "lag_abs_max": float(max(lags)) if lags else 0.0, "clips": float(len(rows))}
