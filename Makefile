@@ -6,11 +6,37 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 APT_PACKAGES := espeak-ng sox chromium portaudio19-dev
+# Training audio beyond espeak-ng (issue 13): festival voices with their own segment times and
+# klettres-data's human recordings. --no-install-recommends: festival recommends
+# festvox-kallpc16k, a CMU voice kept out of training for the outside check. The tests need
+# the first line only (~80 MB); `make data` installs them all (~490 MB, Russian alone 237 MB).
+DATA_PACKAGES_TEST := festival festvox-kdlpc16k festvox-italp16k klettres-data
+DATA_PACKAGES := $(DATA_PACKAGES_TEST) festvox-itapc16k festvox-czech-ph festvox-czech-dita \
+	festvox-czech-krb festvox-czech-machac festvox-ru festvox-suopuhe-lj festvox-suopuhe-mv \
+	festvox-ca-ona-hts festvox-hi-nsk festival-hi festvox-mr-nsk festival-mr festvox-te-nsk festival-te
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run test lint typecheck demo clean system-deps bench bench-quick bench-soak bench-stages bench-browser bench-compare bench-loopback bench-loopback-quick fuzz
 
 setup: system-deps $(STAMPS)/venv $(STAMPS)/models $(STAMPS)/avatar
+
+# Debian packages with apt's recommends off (see DATA_PACKAGES), if any is missing.
+define apt_no_recommends
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; \
+	fi
+endef
+
+.PHONY: data-deps data-deps-test
+data-deps-test:
+	$(call apt_no_recommends,$(DATA_PACKAGES_TEST))
+
+data-deps:
+	$(call apt_no_recommends,$(DATA_PACKAGES))
 
 # Debian packages: espeak-ng is the demo voice and makes the test speech; sox checks audio;
 # chromium runs the browser end-to-end tests (driven by Playwright, never its own browser);
@@ -49,7 +75,7 @@ demo: setup
 
 # The tests also need the export side (torch CPU wheel, onnx, scipy): CI trains a tiny generator
 # config for a few steps and checks the ONNX export, so the recipe stays honest.
-test: setup $(STAMPS)/export
+test: setup $(STAMPS)/export data-deps-test
 	$(PY) -m pytest -q
 
 lint: $(STAMPS)/venv
@@ -113,7 +139,7 @@ $(STAMPS)/export: $(STAMPS)/venv
 	$(PY) -m pip install -q -e '.[dev,talk,livekit,pipecat,export]'
 	@touch $@
 
-data: export-deps
+data: export-deps data-deps
 	$(PY) -m export.data.build --out $(GEN)/corpus
 
 # One core (the other is left to the machine's other jobs); time-budgeted, the lr schedule

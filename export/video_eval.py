@@ -13,15 +13,15 @@ klettres recordings labelled by DTW, espeak-ng's events) and in any language:
 - the scores follow the judge's definitions: the speech span's 90th percentile opening
   (``open_p90``) and the clip's 5th (rest); a bilabial is *closed* when the opening within its
   segment (± one frame) falls to rest + 25 % of that range, an open vowel (AA EH AH ER: the
-  judge's AA AE AH AO AW AY EH ER) *opened* when it reaches rest + 50 %; *silence at rest*:
-  frames ≥ 0.1 s from any speech whose opening stays under the closed threshold; *lag*: the
-  frame shift that best correlates the mouth with the audio envelope (+ = video late).
+  judge's AA AE AH AO AW AY EH ER) *opened* when it reaches rest + 50 %; and from the judge's
+  ``lipsync``: *silence at rest*, frames ≥ 0.2 s from any speech whose opening is within 0.02
+  of the clip's 10th percentile; *lag*, the frame shift (±6) that best correlates the mouth
+  with the audio envelope clipped 40 dB under its peak (+ = video late).
 """
 
 from __future__ import annotations
 
 import tempfile
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,10 @@ from engines.audio_io import SAMPLES_PER_FRAME
 RATE = 16_000
 FPS = 25
 OPEN_VOWELS = ("AA", "EH", "AH", "ER")
-SILENCE_MARGIN_S = 0.1
-MAX_LAG = 5
+SILENCE_MARGIN_S = 0.2  # the judge's lipsync: silent frames this far from speech ...
+SILENCE_SLACK = 0.02  # ... are at rest within this of the 10th-percentile opening
+MAX_LAG = 6
+ENVELOPE_RANGE_DB = 40.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ def score(opening: np.ndarray, segments: list[tuple[float, float, str]],
     for a, b in speech:
         far &= (t < a - SILENCE_MARGIN_S) | (t > b + SILENCE_MARGIN_S)
     env = envelope_db(audio, n)
+    env = np.clip(env, env.max() - ENVELOPE_RANGE_DB, None)
+    at_rest = op <= float(np.percentile(op, 10)) + SILENCE_SLACK
     lags = range(-MAX_LAG, MAX_LAG + 1)
 
     def corr(lag: int) -> float:
@@ -106,32 +110,45 @@ def score(opening: np.ndarray, segments: list[tuple[float, float, str]],
         bilabial_closed=float(np.mean(bil)) if bil else None,
         vowel_opened=float(np.mean(vow)) if vow else None,
         open_p90=top,
-        silence_at_rest=float(np.mean(op[far] <= closed_thr)) if far.any() else None,
+        silence_at_rest=float(np.mean(at_rest[far])) if far.any() else None,
         lag_frames=max(lags, key=corr),
         bilabials=len(bil), open_vowels=len(vow))
 
 
-def render_and_score(audio: np.ndarray, segments: list[tuple[float, float, str]],
-                     driver: str, analyzer: Any, opus_kbps: int | None = None) -> Scores:
-    """Render ``audio`` (16 kHz) with ``driver`` on the default avatar and score the video.
-    With ``opus_kbps`` the driver hears the audio after an Opus round trip."""
+def render_frames(audio: np.ndarray, model: str, renderer: Any) -> list[np.ndarray]:
+    """``audio`` (16 kHz) through ``model`` ("baseline", or a generator manifest path) and
+    the renderer, then H.264 and back: the frames a viewer of the file gets."""
     import av
 
-    from engines.default_avatar import default_portrait_path
+    from engines.audio_io import SAMPLE_RATE
+    from engines.baseline_driver import BaselineConfig, BaselineDriver
+    from engines.motion import clip_motion
+    from engines.motion_generator import GeneratorRunner, MotionGenerator
+    from streamer.video_writer import Mp4Writer
+
+    driver: Any = (BaselineDriver(BaselineConfig(seed=0)) if model == "baseline"
+                   else MotionGenerator(GeneratorRunner(model), seed=0))
+    motions = np.concatenate([driver.push(audio), driver.flush()])
+    with tempfile.TemporaryDirectory() as tmp:
+        mp4 = Path(tmp) / "out.mp4"
+        size = renderer.pack.size
+        with Mp4Writer(mp4, width=size, height=size, fps=FPS, audio_rate=SAMPLE_RATE) as out:
+            for m in motions:
+                out.write_frame(renderer.render(clip_motion(m)).image)
+            out.write_audio(audio)
+        with av.open(str(mp4)) as box:
+            return [f.to_ndarray(format="rgb24") for f in box.decode(video=0)]
+
+
+def render_and_score(audio: np.ndarray, segments: list[tuple[float, float, str]],
+                     model: str, analyzer: Any, renderer: Any,
+                     opus_kbps: int | None = None) -> Scores:
+    """Render ``audio`` with ``model`` and score the video. With ``opus_kbps`` the driver
+    hears the audio after an Opus round trip (the scores keep the clean timeline)."""
     from export.data.augment import opus_roundtrip
-    from streamer.offline import RenderOptions, render_file
 
     heard = opus_roundtrip(audio, opus_kbps) if opus_kbps else audio
-    with tempfile.TemporaryDirectory() as tmp:
-        wav, mp4 = Path(tmp) / "in.wav", Path(tmp) / "out.mp4"
-        with wave.open(str(wav), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes((np.clip(heard, -1, 1) * 32767).astype("<i2").tobytes())
-        render_file(default_portrait_path(), wav, mp4, RenderOptions(driver=driver))
-        with av.open(str(mp4)) as box:
-            frames = [f.to_ndarray(format="rgb24") for f in box.decode(video=0)]
+    frames = render_frames(heard, model, renderer)
     return score(mouth_openings(frames, analyzer), segments, audio)
 
 
