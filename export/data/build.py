@@ -1,8 +1,17 @@
 """``python -m export.data.build``: make the corpus (``make data``), reproducible from a seed.
 
 Clip kinds: speech (1–2 espeak sentences with pauses, room noise and breaths sometimes),
-silence (digital, room noise up to −40 dBFS, breaths), and sung vowels (source-filter
-synthesis). Each clip is one job with its own seed ``[seed, clip_index]``, so the corpus is the
+festival (a sentence from a Debian festival voice, segment times from festival itself),
+klettres (2–4 human recordings of letters, syllables or words from klettres-data, labelled by
+DTW transfer from espeak-ng), silence (digital, room noise up to −40 dBFS, breaths), and sung
+vowels (source-filter synthesis). Several synthesisers and real people, so no one spectrum is
+what the model learns; the augmentation chain (export/data/augment.py) varies speaker and
+channel on top. Held out of training, always: the festival voices in
+:data:`FESTIVAL_EVAL_VOICES`, the klettres languages in :data:`KLETTRES_EVAL_LANGUAGES`, the
+espeak voices in :data:`EVAL_VOICES` (export/holdout_eval.py scores them), and flite, the
+CMU-ARCTIC festival voices and every other recording (the outside check).
+
+Each clip is one job with its own seed ``[seed, clip_index]``, so the corpus is the
 same whatever the number of worker processes. Training voices and sentence ids are disjoint
 from the evaluation ones (held-out voices speak held-out sentences).
 
@@ -33,13 +42,18 @@ TRAIN_VOICES = ("en-us", "en-us+m3", "en-us+f2", "en-us+f4", "en-gb-x-rp", "en-g
                 "de", "de+f3", "fr+m2", "es", "es+f1", "it+m4", "pt", "nl+m1", "pl+f2")
 EVAL_VOICES = ("en-gb-scotland+f3", "en-us+m7", "en-gb-x-gbcwmd+f1", "es+m6", "de+klatt3")
 SUNG_VOWELS = tuple(aug.FORMANTS)
-DEFAULT_COUNTS = {"train": {"speech": 1200, "silence": 80, "sung": 80},
+FESTIVAL_EVAL_VOICES = ("upc_ca_ona_hts", "czech_dita")  # an HTS voice and a female voice
+KLETTRES_EVAL_LANGUAGES = ("fr", "nl")
+DEFAULT_COUNTS = {"train": {"speech": 1200, "festival": 500, "klettres": 400, "silence": 80,
+                            "sung": 80},
                   "eval": {"speech": 80, "silence": 10, "sung": 10}}
 LEAD_S = (0.2, 1.0)
 PAUSE_S = (0.25, 0.8)
 ROOM_NOISE_DBFS = (-70.0, -40.0)
 
 _ESPEAK = None
+_FESTIVAL = None
+_KLETTRES: list | None = None
 
 
 def _espeak():  # one synthesiser per worker process
@@ -48,6 +62,86 @@ def _espeak():  # one synthesiser per worker process
         from export.data.synth import Espeak
         _ESPEAK = Espeak()
     return _ESPEAK
+
+
+def _festival():
+    global _FESTIVAL
+    if _FESTIVAL is None:
+        from export.data.festival import Festival
+        _FESTIVAL = Festival()
+    return _FESTIVAL
+
+
+def festival_train_voices() -> list[str]:
+    from export.data.festival import available_voices
+
+    return [v for v in available_voices() if v not in FESTIVAL_EVAL_VOICES]
+
+
+def klettres_train_recordings() -> list:
+    global _KLETTRES
+    if _KLETTRES is None:
+        from export.data import klettres
+
+        _KLETTRES = ([r for r in klettres.recordings()
+                      if r.language not in KLETTRES_EVAL_LANGUAGES]
+                     if klettres.KLETTRES_DIR.is_dir() else [])
+    return _KLETTRES
+
+
+def _with_pauses(parts: list[tuple[np.ndarray, list[tuple[float, float, str]]]],
+                 rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    """Labelled pieces joined with pauses, silence before and after; segments shifted."""
+    audio = [np.zeros(int(rng.uniform(*LEAD_S) * RATE), np.float32)]
+    segs: list[tuple[float, float, str]] = []
+    t = audio[0].size / RATE
+    for k, (x, piece) in enumerate(parts):
+        if k:
+            gap = np.zeros(int(rng.uniform(*PAUSE_S) * RATE), np.float32)
+            audio.append(gap)
+            t += gap.size / RATE
+        segs += [(t + a, t + b, v) for a, b, v in piece if v != "SIL"]
+        audio.append(x.astype(np.float32))
+        t += x.size / RATE
+    audio.append(np.zeros(int(rng.uniform(*LEAD_S) * RATE), np.float32))
+    return np.concatenate(audio), segs
+
+
+def _festival_speech(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float,
+                                                                              str]], str]:
+    from export.data.festival import VOICES, sentence
+
+    voice = str(rng.choice(festival_train_voices()))
+    text = sentence(VOICES[voice].language, TRAIN_SENTENCE_BASE + int(rng.integers(0, 100_000)))
+    clip = _festival().say(text, voice, stretch=float(rng.uniform(0.85, 1.2)))
+    x, segs = _with_pauses([(clip.audio, clip.segments)], rng)
+    return x, segs, f"festival:{voice}"
+
+
+def _klettres_speech(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float,
+                                                                              str]], str]:
+    from export.data import klettres
+
+    recs = klettres_train_recordings()
+    language = str(rng.choice(sorted({r.language for r in recs})))
+    same = [r for r in recs if r.language == language]
+    picked = [same[int(i)] for i in rng.integers(0, len(same), size=int(rng.integers(2, 5)))]
+    parts = []
+    for rec in picked:
+        clip = klettres.label(rec)
+        parts.append((clip.audio, clip.segments))
+    x, segs = _with_pauses(parts, rng)
+    return x, segs, f"klettres:{language}"
+
+
+def _channel(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """Room noise sometimes, then the augmentation chain, then gain (training clips)."""
+    applied: list[str] = []
+    if rng.uniform() < 0.3:
+        x = x + aug.room_noise(x.size, float(rng.uniform(*ROOM_NOISE_DBFS)), rng)
+        applied.append("room")
+    x, more = aug.augment(x, rng)
+    return aug.apply_gain(x, rng), applied + more
 
 
 def _language(voice: str) -> str:
@@ -127,6 +221,9 @@ def make_clip(job: tuple[str, str, int, int]) -> dict:
         n_sent = 1 if rng.uniform() < 0.6 else 2
         ids = [base + int(rng.integers(0, 100_000)) for _ in range(n_sent)]
         x, segs, applied = _speech(voice, ids, rng, clean)
+    elif kind in ("festival", "klettres"):
+        x, segs, voice = (_festival_speech if kind == "festival" else _klettres_speech)(rng)
+        x, applied = _channel(x, rng)
     elif kind == "silence":
         x, segs = _silence(rng)
     else:
@@ -146,13 +243,26 @@ def make_clip(job: tuple[str, str, int, int]) -> dict:
     }
 
 
+def _source_available(kind: str) -> bool:
+    """festival and klettres are Debian packages (``make data`` installs them); a corpus made
+    without one says so in its summary rather than failing."""
+    if kind == "festival":
+        return bool(festival_train_voices())
+    if kind == "klettres":
+        return bool(klettres_train_recordings())
+    return True
+
+
 def build(out: Path, seed: int, scale: float, workers: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"seed": seed, "scale": scale}
+    summary: dict = {"seed": seed, "scale": scale}
     t0 = time.perf_counter()
     for split, counts in DEFAULT_COUNTS.items():
         jobs = []
         for kind, n in counts.items():
+            if not _source_available(kind):
+                summary.setdefault("missing_sources", []).append(kind)
+                continue
             n_scaled = max(2, round(n * scale))
             jobs += [(split, kind, len(jobs) + i, seed) for i in range(n_scaled)]
         with get_context("fork").Pool(workers) as pool:
