@@ -22,9 +22,8 @@ and sent by livekit-agents' own :class:`DataStreamAudioReceiver`, so the protoco
 Why a worker-side segment queue: a session plays one segment at a time, and appends audio
 pushed before ``playback_finished`` to the segment still playing. An agent may stream its next
 utterance while the last one plays; it expects one ``playback_finished`` per stream, in order.
-So a segment is held here until the one before it has finished, and each stream is padded to
-whole 40 ms blocks (a session leaves a partial last block unplayed), which also makes the
-reported position exact: the seconds of audio the agent sent.
+So a segment is held here until the one before it has finished; the position reported is the
+seconds of audio the agent sent.
 
 Video and audio go out together: each played :class:`~streamer.media.AVPair` (one frame and
 its 40 ms of audio, paced in real time by the session) is pushed as a video frame and an audio
@@ -67,7 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BLOCK = SAMPLE_RATE // 25  # 640 samples: one frame's audio
 AUDIO_QUEUE_MS = 100  # the published audio source's buffer (what AvatarRunner uses)
 CONNECT_TIMEOUT_S = 15.0
 AGENT_JOIN_TIMEOUT_S = 60.0  # an avatar whose agent never shows up is ended, not kept forever
@@ -112,7 +110,6 @@ class _Segment:
     resample: Resampler
     pending: deque[np.ndarray] = field(default_factory=deque)  # 16 kHz chunks to push
     received_s: float = 0.0  # seconds of audio the agent sent: the exact position to report
-    samples: int = 0  # 16 kHz samples queued so far (for padding to whole blocks)
     ended: bool = False  # the stream's end arrived
     end_sent: bool = False  # segment_end() told to the session
     in_session: bool = False  # some of its audio is in the session: it is the one playing
@@ -290,7 +287,6 @@ class LiveKitAvatarWorker:
         last.received_s += frame.samples_per_channel / frame.sample_rate
         if samples.size:
             last.pending.append(samples)
-            last.samples += samples.size
 
     def _end_segment(self) -> None:
         last = self._segments[-1] if self._segments else None
@@ -300,13 +296,8 @@ class LiveKitAvatarWorker:
         if last.cleared:
             return
         tail = last.resample.flush()
-        if tail.size:
+        if tail.size:  # a partial last block is the session's to complete (segment_end)
             last.pending.append(tail)
-            last.samples += tail.size
-        if last.samples % BLOCK:  # whole 40 ms blocks: the session plays no partial block
-            pad = BLOCK - last.samples % BLOCK
-            last.pending.append(np.zeros(pad, np.float32))
-            last.samples += pad
 
     def _pump(self) -> None:
         """Move the playing segment's audio into the session (as far as its buffer takes),
