@@ -57,29 +57,33 @@ $(STAMPS)/venv: pyproject.toml
 	@touch $@
 
 # Face model files, taken from the mediapipe 0.10.21 wheel on PyPI and checked by sha256.
-$(STAMPS)/models: $(STAMPS)/venv engines/model_store.py
-	$(PY) -m streamer.cli fetch-models
+$(STAMPS)/models: $(STAMPS)/venv engines/avatar/model_store.py
+	$(PY) -m vivify.streamer.cli fetch-models
 	@touch $@
 
 $(STAMPS)/avatar: $(STAMPS)/models
-	$(PY) -m streamer.cli prepare default >/dev/null
+	$(PY) -m vivify.streamer.cli prepare default >/dev/null
 	@touch $@
 
 # The main job: the streaming server with the default avatar (prints its URL).
 run: setup
-	$(PY) -m streamer.cli serve $(SERVE_FLAGS)
+	$(PY) -m vivify.streamer.cli serve $(SERVE_FLAGS)
 
 # An offline demo clip (the default avatar speaking an espeak-ng sentence) in out/demo.mp4.
 demo: setup
-	$(PY) -m streamer.cli demo -o out/demo.mp4 --progress
+	$(PY) -m vivify.streamer.cli demo -o out/demo.mp4 --progress
 
 # The tests also need the export side (torch CPU wheel, onnx, scipy): CI trains a tiny generator
 # config for a few steps and checks the ONNX export, so the recipe stays honest.
 test: setup $(STAMPS)/export data-deps-test
 	$(PY) -m pytest -q
 
+# mypy sees the ``vivify`` namespace through links in build/typing (see pyproject.toml).
+TYPING_ROOTS := streamer engines export models client_web
 lint: $(STAMPS)/venv
-	$(VENV)/bin/ruff check engines streamer export tests
+	@mkdir -p build/typing/vivify
+	@for r in $(TYPING_ROOTS); do ln -sfn ../../../$$r build/typing/vivify/$$r; done
+	$(VENV)/bin/ruff check streamer engines export bench tests examples setup.py
 	$(VENV)/bin/mypy
 
 typecheck: lint
@@ -140,21 +144,21 @@ $(STAMPS)/export: $(STAMPS)/venv
 	@touch $@
 
 data: export-deps data-deps
-	$(PY) -m export.data.build --out $(GEN)/corpus
+	$(PY) -m vivify.export.data.build --out $(GEN)/corpus
 
 # One core (the other is left to the machine's other jobs); time-budgeted, the lr schedule
 # follows the larger of step and time fraction.
 train: export-deps
-	$(PY) -m export.train --corpus $(GEN)/corpus --out $(GEN)/teacher.pt --threads 1 --steps 100000 --max-minutes 30
+	$(PY) -m vivify.export.train --corpus $(GEN)/corpus --out $(GEN)/teacher.pt --threads 1 --steps 100000 --max-minutes 30
 
 distill: export-deps
-	$(PY) -m export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --threads 1 --pairs 8192 --max-minutes 8
+	$(PY) -m vivify.export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --threads 1 --pairs 8192 --max-minutes 8
 
 export: export-deps
-	$(PY) -m export.onnx_export --student $(GEN)/student.pt --out models
+	$(PY) -m vivify.export.onnx_export --student $(GEN)/student.pt --out models
 
 eval: export-deps
-	$(PY) -m export.evaluate --corpus $(GEN)/corpus --teacher $(GEN)/teacher.pt --out bench/results
+	$(PY) -m vivify.export.evaluate --corpus $(GEN)/corpus --teacher $(GEN)/teacher.pt --out bench/results
 
 # --- GPU engines (issue 7) ---
 # Renderer graph → ONNX, then a golden clip (CPU renderer = reference, PSNR ≥ 40 dB per frame) and
@@ -162,7 +166,7 @@ eval: export-deps
 # sheet in artifacts/parity/ (see docs/engines.md for the tolerances).
 .PHONY: parity
 parity: export-deps
-	OMP_NUM_THREADS=1 $(PY) -m export.parity --out artifacts/parity
+	OMP_NUM_THREADS=1 $(PY) -m vivify.export.parity --out artifacts/parity
 
 # Full per-frame pipeline (generator → renderer graph → uint8 frames on the host) vs batch, on the
 # best runtime present (torch CUDA + CUDA graphs on a GPU host); JSON in bench/results/.

@@ -38,7 +38,7 @@ def _port() -> int:
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from engines.audio_io import load_audio
+    from vivify.engines.audio.audio_io import load_audio
 
     tmp = Path(tempfile.mkdtemp())
     speech = tmp / "speech.wav"
@@ -54,7 +54,7 @@ def main() -> None:
         pcm = np.concatenate([np.zeros(16000, np.float32), audio])
         w.writeframes((np.clip(pcm, -1, 1) * 32767).astype(np.int16).tobytes())
     port = _port()
-    server = subprocess.Popen([sys.executable, "-m", "streamer.cli", "serve", "--port",
+    server = subprocess.Popen([sys.executable, "-m", "vivify.streamer.cli", "serve", "--port",
                                str(port), "--max-sessions", "4"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"

@@ -1,7 +1,7 @@
 """``make fuzz``: a hostile client against a real ``vivify serve`` on loopback (issue 15).
 
 ``python -m bench.fuzz [--quick] [--out PATH]`` starts the server the way an operator does
-(``python -m streamer.cli serve --token T --max-sessions 3 --idle-timeout 4``, a private
+(``python -m vivify.streamer.cli.main serve --token T --max-sessions 3 --idle-timeout 4``, a private
 ``VIVIFY_HOME`` whose ``models`` links to the face models), its stdout and stderr in a log
 file, and replays every case of issue 15 against it, each with its own time limit: non-finite
 and out-of-range controls, deep and oversize WebSocket frames, WebSocket auth failures, huge
@@ -89,7 +89,7 @@ class ServerProcess:
         return self.proc.pid
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "streamer.cli", "serve", "--port", str(self.port),
+        return [sys.executable, "-m", "vivify.streamer.cli", "serve", "--port", str(self.port),
                 "--token", self.token, *self.flags]
 
     def start(self, timeout: float = 90.0) -> None:
@@ -1103,8 +1103,8 @@ def run_probe(out: Path | None = DEFAULT_OUT, quick: bool = False,
               models_root: Path | None = None) -> dict[str, Any]:
     """Start the server, run every case, stop it; the report (also written to ``out`` with the
     server log beside it, unless ``out`` is None). ``models_root``: the face models' cache
-    folder (default: engines.model_store.default_cache_dir())."""
-    from engines.model_store import default_cache_dir
+    folder (default: vivify.engines.avatar.model_store.default_cache_dir())."""
+    from vivify.engines.avatar.model_store import default_cache_dir
 
     t0 = time.monotonic()
     models = (models_root or default_cache_dir()).resolve()

@@ -18,7 +18,7 @@ if [ "${1:-}" = "--prepare" ]; then
   PY=${PYTHON:-.venv/bin/python}
   exec "$PY" -c "
 from bench.pipeline import RENDERER_MANIFEST, default_bank
-from export.engine_export import export_renderer
+from vivify.export.engine_export import export_renderer
 export_renderer(RENDERER_MANIFEST.parent)  # always fresh: the torch twin is today's code
 default_bank()
 print('ready for the GPU host:', RENDERER_MANIFEST.parent)"

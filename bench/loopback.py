@@ -1,7 +1,8 @@
 """Loopback benchmark: the real server and real aiortc peers on 127.0.0.1, measured end to end.
 
 Run ``python bench/loopback.py`` (about 5 min) or ``python bench/loopback.py --quick`` (under
-2 min). The server is ``streamer.server.build`` on uvicorn in a child process (its own GIL, as in
+2 min). The server is ``vivify.streamer.server.serve.build`` on uvicorn in a child process (its own
+GIL, as in
 production; ``time.monotonic`` is system-wide on Linux, and every time this benchmark reports is
 taken in the client process anyway). Results go to ``bench/results/loopback-*.json``, rewritten
 after every stage, so a failed or interrupted run keeps what it measured.
@@ -682,8 +683,8 @@ def serve(port: int, home: Path, max_sessions: int) -> None:
 
     import uvicorn
 
-    from streamer.config import ServerConfig
-    from streamer.server import JsonFormatter, build
+    from vivify.streamer.server.config import ServerConfig
+    from vivify.streamer.server.serve import JsonFormatter, build
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

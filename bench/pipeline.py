@@ -29,7 +29,7 @@ synchronisation at the end, the throughput a pipelined server would see (``pipel
 from the smaller batches before it (one runner pair serves every batch, as in serving).
 
 Both torch twins come from their manifests' ``torch_factory`` (the renderer graph, whose
-constants are all buffers, and ``export/generator_twin.py`` with the manifest's own ONNX
+constants are all buffers, and ``engines/motion/generator_twin.py`` with the manifest's own ONNX
 weights), so the bench runs exactly what the server would.
 
 Every row also checks the pipeline's frames against the renderer runner's own output for the
@@ -56,9 +56,9 @@ from typing import Any
 import numpy as np
 
 from bench.machine import REPO, machine_info
-from engines.graph_renderer import to_uint8
-from engines.motion_generator import DEFAULT_MANIFEST
-from engines.runtimes import RUNTIMES, ModelManifest, Runner, create_runner, select_runtime
+from vivify.engines.motion.generator import DEFAULT_MANIFEST
+from vivify.engines.render.graph_renderer import to_uint8
+from vivify.engines.runtimes import RUNTIMES, ModelManifest, Runner, create_runner, select_runtime
 
 RENDERER_MANIFEST = REPO / "artifacts/engines/renderer.json"
 BANK_CACHE = REPO / "artifacts/engines/bank-default.npz"  # see default_bank
@@ -106,7 +106,7 @@ class PipelineConfig:
 def renderer_manifest(path: Path) -> ModelManifest:
     """The exported renderer graph; exported in-process (a few seconds) when it is missing or
     was made from another version of the twin's code (then ONNX and torch would differ)."""
-    from export.engine_export import export_renderer, is_current
+    from vivify.export.engine_export import export_renderer, is_current
 
     if not is_current(path):
         log(f"{path} missing or stale: exporting the renderer graph there")
@@ -123,8 +123,8 @@ def default_bank(cache: Path | None = BANK_CACHE) -> dict[str, np.ndarray]:
     bank, ~14 MB) is all it needs to be given. A file from another bank or rig version is
     rebuilt (the numbers are timings: the bank's shape matters, not which pack made it).
     """
-    from engines.motion import RIG_VERSION
-    from engines.runtimes.renderer_bank import BANK_INPUTS, BANK_VERSION
+    from vivify.engines.motion.vector import RIG_VERSION
+    from vivify.engines.runtimes.renderer_bank import BANK_INPUTS, BANK_VERSION
 
     stamp = np.array(f"{BANK_VERSION}/{RIG_VERSION}")
     if cache is not None and cache.is_file():
@@ -132,9 +132,9 @@ def default_bank(cache: Path | None = BANK_CACHE) -> dict[str, np.ndarray]:
             if "version" in saved and str(saved["version"]) == str(stamp):
                 return {k: saved[k] for k in BANK_INPUTS}
         log(f"{cache} is from another bank/rig version: rebuilding it")
-    from engines.avatar import AvatarPreparer
-    from engines.default_avatar import default_portrait_path
-    from engines.runtimes.renderer_bank import build_bank
+    from vivify.engines.avatar.default_avatar import default_portrait_path
+    from vivify.engines.avatar.pack import AvatarPreparer
+    from vivify.engines.runtimes.renderer_bank import build_bank
 
     bank = build_bank([AvatarPreparer().prepare(default_portrait_path())])
     if cache is not None:
@@ -175,7 +175,7 @@ def resolve_runtimes(runtime: str, generator: ModelManifest, renderer: ModelMani
 def make_runner(manifest: ModelManifest, runtime: str, graphs: bool) -> Runner:
     """One runner, one CPU thread where it runs on the CPU (as the server runs it)."""
     if runtime.startswith("torch-"):
-        from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+        from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
         device = runtime[len("torch-"):]
         return TorchRunner(manifest, TorchConfig(device=device, cuda_graphs=graphs, threads=1))
@@ -230,7 +230,7 @@ class Pipeline:
     def inputs(self) -> dict[str, np.ndarray]:
         """One window's generator inputs for B sessions: log-mel in the front end's range,
         a past cache of small motions, the training distribution's controls, fresh noise."""
-        from export.data.labels import random_controls
+        from vivify.export.data.labels import random_controls
 
         dims = {s.name: tuple(int(d) for d in s.shape[1:]) for s in self.generator.manifest.inputs}
         b, rng = self.batch, self.rng

@@ -14,7 +14,7 @@ The portraits are the ones this machine can have offline, each a kind of input u
   (painterly: flat brush areas, no photo grain);
 - ``cartoon``: the Hopper photo posterised to 8 colours (flat, stylised);
 - ``sketch``: the astronaut as a pencil drawing under heavy grain (found only after the
-  detector's retries, engines/face_search.py).
+  detector's retries, engines/avatar/face_search.py).
 
 No darker-skinned or bearded portrait with a free licence could be had offline here (none in
 Debian's or PyPI's packages that install without a download): docs/benchmarks.md says so.
@@ -106,8 +106,8 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
 
 
 def contact_sheet(packs: dict[str, object], path: Path) -> None:
-    from engines.motion import motion
-    from engines.renderer import Renderer
+    from vivify.engines.motion.vector import motion
+    from vivify.engines.render.renderer import Renderer
 
     x0, y0, x1, y1 = TILE
     rows = []
@@ -132,9 +132,9 @@ def mouth_metrics(packs: dict[str, object]) -> dict[str, dict[str, float]]:
     ``lip_thickness`` is the upper and lower lips' thickness at the middle, AA over rest (1 =
     kept; a stretched lip thins).
     """
-    from engines import face_topology as ft
-    from engines.motion import motion
-    from engines.renderer import Renderer
+    from vivify.engines.avatar import face_topology as ft
+    from vivify.engines.motion.vector import motion
+    from vivify.engines.render.renderer import Renderer
 
     out: dict[str, dict[str, float]] = {}
     for name, pack in packs.items():
@@ -168,8 +168,8 @@ def mouth_metrics(packs: dict[str, object]) -> dict[str, dict[str, float]]:
 
 
 def clips(portraits: dict[str, np.ndarray], out_dir: Path) -> None:
-    from streamer.offline import RenderOptions, render_file
-    from streamer.voice import synthesize
+    from vivify.engines.audio.espeak import synthesize
+    from vivify.streamer.offline.render import RenderOptions, render_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     speech = asyncio.run(synthesize(SENTENCE))[: 10 * 16000]
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--no-clips", action="store_true")
     args = parser.parse_args(argv)
-    from engines.avatar import AvatarPreparer
+    from vivify.engines.avatar.pack import AvatarPreparer
 
     preparer = AvatarPreparer()
     portraits = {name: make() for name, make in PORTRAITS.items()}

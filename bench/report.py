@@ -466,7 +466,7 @@ def write_report(bench: dict[str, Any], out_dir: Path) -> Path:
                   + f"; renderer set-up {prep.get('renderer_init_s')} s."]
     off = _get(stages, "stages", "offline_render") or {}
     if "baseline" in off:
-        lines += ["", "Offline render (`streamer.offline.render_file`, "
+        lines += ["", "Offline render (`vivify.streamer.offline.render.render_file`, "
                   f"{off['baseline']['audio_s']} s sentence): "
                   + ", ".join(f"{k} driver {d['x_realtime']}× real time ({d['wall_s']} s)"
                               for k, d in off.items() if isinstance(d, dict))

@@ -13,9 +13,9 @@ Stages (each a function below, in pipeline order):
 ``audio_features``   the causal log-mel front end, per video frame and per generator window.
 ``baseline_driver``  the rule-based driver, per frame (40 ms chunks pushed as when streaming).
 ``motion_generator`` the distilled ONNX generator through ``GeneratorRunner.infer`` at batch
-                     1, 4 and 16, on every runtime of ``engines.runtimes`` that is *present*
+                     1, 4 and 16, on every runtime of ``vivify.engines.runtimes`` that is *present*
                      (ORT CPU here; ORT CUDA/TensorRT, native TensorRT and torch CUDA only
-                     when ``engines.runtimes.probe`` finds them; the others are listed with
+                     when ``vivify.engines.runtimes.probe`` finds them; the others are listed with
                      the reason), plus the whole streaming path per window at batch 1.
 ``renderer``         one 512² crop per frame (first run and best of 3), every layer on.
 ``renderer_graph``   the exported, batched renderer graph at batch 1, 4, 16 on every runtime
@@ -23,7 +23,7 @@ Stages (each a function below, in pipeline order):
 ``paste_back``       crop → full 512² portrait and into a 1280×720 frame.
 ``encode_vp8`` / ``encode_h264``  aiortc's own encoders on the rendered frames, per frame,
                      with the bitrate they produced.
-``offline_render``   ``streamer.offline.render_file`` as a multiple of real time.
+``offline_render``   ``vivify.streamer.offline.render.render_file`` as a multiple of real time.
 
 Batching applies to the generator (its graph has a dynamic batch axis and the server stacks
 sessions' windows) and to the exported renderer graph. Features, driver, CPU renderer and
@@ -165,10 +165,10 @@ def _speech(text: str, path: Path) -> None:
 def stage_prepare(ctx: Context, s: Settings) -> dict[str, Any]:
     from skimage import data
 
-    from engines.audio_io import load_audio
-    from engines.avatar import AvatarPreparer
-    from engines.baseline_driver import BaselineConfig, BaselineDriver
-    from engines.renderer import Renderer
+    from vivify.engines.audio.audio_io import load_audio
+    from vivify.engines.avatar.pack import AvatarPreparer
+    from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
+    from vivify.engines.render.renderer import Renderer
 
     out: dict[str, Any] = {}
     astronaut = np.ascontiguousarray(data.astronaut())
@@ -196,7 +196,11 @@ def stage_prepare(ctx: Context, s: Settings) -> dict[str, Any]:
 
 
 def stage_audio_features(ctx: Context, s: Settings) -> dict[str, Any]:
-    from engines.motion_generator import FRAME_CONTEXT_SAMPLES, SAMPLES_PER_FRAME, frame_log_mel
+    from vivify.engines.motion.generator import (
+        FRAME_CONTEXT_SAMPLES,
+        SAMPLES_PER_FRAME,
+        frame_log_mel,
+    )
 
     audio = ctx.need("audio")
     span = FRAME_CONTEXT_SAMPLES + SAMPLES_PER_FRAME
@@ -213,8 +217,8 @@ def stage_audio_features(ctx: Context, s: Settings) -> dict[str, Any]:
 
 
 def stage_baseline_driver(ctx: Context, s: Settings) -> dict[str, Any]:
-    from engines.audio_io import SAMPLES_PER_FRAME
-    from engines.baseline_driver import BaselineConfig, BaselineDriver
+    from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
+    from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
 
     audio = ctx.need("audio")
     n = int(s.driver_seconds * 25)
@@ -235,8 +239,8 @@ def stage_baseline_driver(ctx: Context, s: Settings) -> dict[str, Any]:
 
 def _generator_inputs(spec: Any, audio: np.ndarray, batch: int,
                       rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from engines.motion import rest_motion
-    from engines.motion_generator import log_mel_frames
+    from vivify.engines.motion.generator import log_mel_frames
+    from vivify.engines.motion.vector import rest_motion
 
     feats = log_mel_frames(audio)  # (frames, 4, 40)
     t = spec.context_frames
@@ -260,10 +264,11 @@ PROVIDER_RUNTIME = {"CPUExecutionProvider": "ort-cpu", "CUDAExecutionProvider": 
 
 def _runtimes() -> dict[str, str | None]:
     """Every generator runtime known → None if it can run here, else why not. Detected by
-    ``engines.runtimes.probe`` (GPU visible? providers? TensorRT importable?), never assumed;
-    code from before engines.runtimes (bench/compare.py on an old sha): ORT providers only."""
+    ``vivify.engines.runtimes.probe`` (GPU visible? providers? TensorRT importable?), never assumed;
+    code from before vivify.engines.runtimes (bench/compare.py on an old sha): ORT providers
+    only."""
     try:
-        from engines.runtimes import RUNTIMES, probe
+        from vivify.engines.runtimes import RUNTIMES, probe
     except ImportError:
         import onnxruntime as ort
 
@@ -276,7 +281,7 @@ def _runtimes() -> dict[str, str | None]:
 
 def _runner(runtime: str) -> Any:
     """A GeneratorRunner on ``runtime`` with one intra-op thread (as the server makes it)."""
-    from engines.motion_generator import GeneratorRunner
+    from vivify.engines.motion.generator import GeneratorRunner
 
     if runtime == "ort-cpu":
         return GeneratorRunner(threads=1)
@@ -284,7 +289,7 @@ def _runner(runtime: str) -> Any:
 
 
 def stage_motion_generator(ctx: Context, s: Settings) -> dict[str, Any]:
-    from engines.motion_generator import MotionGenerator
+    from vivify.engines.motion.generator import MotionGenerator
 
     audio = ctx.need("audio")
     runner = _runner("ort-cpu")
@@ -336,7 +341,7 @@ def stage_motion_generator(ctx: Context, s: Settings) -> dict[str, Any]:
 
 
 def stage_renderer(ctx: Context, s: Settings) -> dict[str, Any]:
-    from engines.motion import motion
+    from vivify.engines.motion.vector import motion
 
     renderer = ctx.need("renderer")
     motions = ctx.need("motions")
@@ -378,8 +383,8 @@ def stage_renderer_graph(ctx: Context, s: Settings) -> dict[str, Any]:
     if not path.is_file():
         return {"skipped": f"no {path}: `vivify export --out artifacts/engines` builds it "
                            "(export extra, torch)"}
-    from engines.runtimes import RUNTIMES, ModelManifest, create_runner, probe
-    from engines.runtimes.renderer_bank import BANK_INPUTS, build_bank, renderer_feeds
+    from vivify.engines.runtimes import RUNTIMES, ModelManifest, create_runner, probe
+    from vivify.engines.runtimes.renderer_bank import BANK_INPUTS, build_bank, renderer_feeds
 
     manifest = ModelManifest.load(path)
     found = probe()
@@ -413,7 +418,7 @@ def stage_renderer_graph(ctx: Context, s: Settings) -> dict[str, Any]:
 def stage_paste_back(ctx: Context, s: Settings) -> dict[str, Any]:
     from skimage import data
 
-    from engines.renderer import Renderer
+    from vivify.engines.render.renderer import Renderer
 
     renderer = ctx.need("renderer")
     crops = ctx.need("crops")[:s.paste_frames]
@@ -473,7 +478,7 @@ def stage_encode_h264(ctx: Context, s: Settings) -> dict[str, Any]:
 
 
 def stage_offline_render(ctx: Context, s: Settings) -> dict[str, Any]:
-    from streamer.offline import RenderOptions, render_file
+    from vivify.streamer.offline.render import RenderOptions, render_file
 
     wav = ctx.need("wav")
     png = ctx.tmp / "astronaut.png"

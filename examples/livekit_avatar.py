@@ -23,7 +23,7 @@ import os
 
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, cli, inference
 
-from streamer.integrations.livekit_agent import VivifyAvatarSession
+from vivify.streamer.integrations.livekit_agent import VivifyAvatarSession
 
 log = logging.getLogger("vivify-livekit-example")
 server = AgentServer()

@@ -43,8 +43,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from streamer.integrations.pipecat import VivifyVideoService
-from streamer.video_writer import Mp4Writer
+from vivify.streamer.integrations.pipecat import VivifyVideoService
+from vivify.streamer.offline.video_writer import Mp4Writer
 
 RATE = 16_000  # the sink writes the engines' rate: no resampling between service and file
 REST_S = 0.5  # face at rest before and after the speech

@@ -1,6 +1,6 @@
 """``vivify export``: write engine artifacts (ONNX + manifest with sha256) to a directory.
 
-Kept free of torch at import time (argparse only) because ``streamer/cli.py`` registers it;
+Kept free of torch at import time (argparse only) because ``streamer/cli/main.py`` registers it;
 torch and onnx load only when the command runs (they come with the ``export`` extra).
 """
 
@@ -19,8 +19,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print("vivify export needs torch and onnx: pip install -e '.[export]'")
         return 2
     torch.set_num_threads(args.threads)
-    from engines.runtimes.renderer_bank import GraphGeometry
-    from export.engine_export import copy_generator, export_renderer, inspect
+    from vivify.engines.runtimes.renderer_bank import GraphGeometry
+    from vivify.export.engine_export import copy_generator, export_renderer, inspect
 
     out = Path(args.out)
     geo = GraphGeometry(size=args.size, grid_step=args.grid_step)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.motion_generator import silence_features
-from export.config import GeneratorConfig
+from vivify.engines.motion.generator import silence_features
+from vivify.engines.motion.generator_config import GeneratorConfig
 
 
 class WindowSampler:

@@ -1,4 +1,4 @@
-"""``python -m export.distill``: distil the guided teacher into a 2-step student.
+"""``python -m vivify.export.distill``: distil the guided teacher into a 2-step student.
 
 Method: rectified-flow teacher → *reflow-style direct distillation of the unrolled sampler*
 (Liu et al. 2022 "reflow" / Luhman & Luhman 2021 "knowledge distillation in iterative
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.dataset import WindowSampler, noisy_past
-from export.model import MotionFlow, Student, sample_euler
-from export.train import budgeted_steps, load, save
+from vivify.engines.motion.torch_model import MotionFlow, Student, sample_euler
+from vivify.export.dataset import WindowSampler, noisy_past
+from vivify.export.train import budgeted_steps, load, save
 
 PAIR_BATCH = 512
 

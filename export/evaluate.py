@@ -1,4 +1,5 @@
-"""``python -m export.evaluate`` (``make eval``): lip-sync and life metrics on held-out voices.
+"""``python -m vivify.export.evaluate`` (``make eval``): lip-sync and life metrics on held-out
+voices.
 
 Every driver runs through the run-time's streaming object (:class:`MotionGenerator`) — the
 student on ONNX Runtime exactly as served, the teacher through the same object with a torch
@@ -32,16 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio_io import SAMPLES_PER_FRAME
-from engines.baseline_driver import BaselineConfig, BaselineDriver
-from engines.motion import INDEX
-from engines.motion_generator import (
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
+from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
+from vivify.engines.motion.generator import (
     DEFAULT_MANIFEST,
     GeneratorRunner,
     GeneratorSpec,
     MotionGenerator,
     WindowRequest,
 )
+from vivify.engines.motion.vector import INDEX
 
 CLOSED_PRESS, CLOSED_JAW, SILENT_JAW = 0.4, 0.05, 0.1
 MAX_LAG = 5
@@ -56,8 +57,8 @@ class TorchRunner:
                  cfg_scale: float | None = None) -> None:
         import torch
 
-        from export.model import sample_euler
-        from export.train import load
+        from vivify.engines.motion.torch_model import sample_euler
+        from vivify.export.train import load
 
         self.torch, self.sample = torch, sample_euler
         self.model = load(checkpoint)
@@ -223,7 +224,7 @@ def evaluate(corpus: Path, manifest: Path, teacher: Path | None, out_dir: Path, 
         runners["teacher"] = TorchRunner(teacher)
     conditions = {"clean": clips}
     if opus:
-        from export.data.augment import opus_roundtrip
+        from vivify.export.data.augment import opus_roundtrip
         conditions["opus24k"] = [opus_roundtrip(a, 24) for a in clips]
     report: dict = {"corpus": str(corpus), "manifest": str(manifest), "seed": seed,
                     "voices": sorted({str(v) for v in d["voices"] if v}), "clips": n,
@@ -294,7 +295,7 @@ def markdown(report: dict) -> str:
     lines = ["# Learned motion generator — evaluation", "",
              f"Held-out voices ({', '.join(report['voices'])}), held-out sentences, "
              f"{report['clips']} clips (speech, silence with noise/breaths, sung vowels). "
-             "Made by `make eval` (`python -m export.evaluate`).", ""]
+             "Made by `make eval` (`python -m vivify.export.evaluate`).", ""]
     cols = ("jaw_corr", "bilabial_recall", "offset_frames", "silent_closure",
             "blink_rate_per_min", "jitter_ratio", "sung_jaw_mean", "sung_jaw_flap")
     for cond, res in report["results"].items():

@@ -1,4 +1,4 @@
-"""``python -m export.holdout_eval``: lip-sync on sources never trained on, scored on video.
+"""``python -m vivify.export.holdout_eval``: lip-sync on sources never trained on, scored on video.
 
 One table per held-out source — espeak-ng's evaluation voices, the festival voices and the
 klettres languages export/data/build.py keeps out of training — clean and through Opus
@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from export import video_eval as ve
-from export.data import build as corpus
-from export.data import labels as lab
+from vivify.export.data import build as corpus
+from vivify.export.data import labels as lab
 
 RATE = 16_000
 Clip = tuple[np.ndarray, list[tuple[float, float, str]]]
 
 
 def espeak_clips(n: int, seed: int) -> Iterator[tuple[str, Clip]]:
-    from export.data.augment import resample
-    from export.data.synth import Espeak
-    from export.data.text import EVAL_SENTENCE_BASE, sentence
+    from vivify.export.data.augment import resample
+    from vivify.export.data.synth import Espeak
+    from vivify.export.data.text import EVAL_SENTENCE_BASE, sentence
 
     es, rng = Espeak(), np.random.default_rng(seed)
     for k in range(n):
@@ -43,8 +43,8 @@ def espeak_clips(n: int, seed: int) -> Iterator[tuple[str, Clip]]:
 
 
 def festival_clips(n: int, seed: int) -> Iterator[tuple[str, Clip]]:
-    from export.data.festival import VOICES, Festival, available_voices, sentence
-    from export.data.text import EVAL_SENTENCE_BASE
+    from vivify.export.data.festival import VOICES, Festival, available_voices, sentence
+    from vivify.export.data.text import EVAL_SENTENCE_BASE
 
     voices = [v for v in corpus.FESTIVAL_EVAL_VOICES if v in available_voices()]
     fest, rng = Festival(), np.random.default_rng(seed)
@@ -55,7 +55,7 @@ def festival_clips(n: int, seed: int) -> Iterator[tuple[str, Clip]]:
 
 
 def klettres_clips(n: int, seed: int) -> Iterator[tuple[str, Clip]]:
-    from export.data import klettres
+    from vivify.export.data import klettres
 
     if not klettres.KLETTRES_DIR.is_dir():
         return
@@ -72,10 +72,10 @@ SOURCES = {"espeak": espeak_clips, "festival": festival_clips, "klettres": klett
 
 
 def evaluate(models: dict[str, str], clips_per_source: int, seed: int) -> dict:
-    from engines.avatar import AvatarPreparer
-    from engines.default_avatar import default_portrait_path
-    from engines.face_landmarks import FaceAnalyzer
-    from engines.renderer import Renderer
+    from vivify.engines.avatar.default_avatar import default_portrait_path
+    from vivify.engines.avatar.face_landmarks import FaceAnalyzer
+    from vivify.engines.avatar.pack import AvatarPreparer
+    from vivify.engines.render.renderer import Renderer
 
     analyzer = FaceAnalyzer()
     renderer = Renderer(AvatarPreparer().prepare(default_portrait_path()))
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("artifacts/holdout"))
     args = parser.parse_args(argv)
-    from engines.motion_generator import DEFAULT_MANIFEST
+    from vivify.engines.motion.generator import DEFAULT_MANIFEST
 
     models = {"shipped": str(DEFAULT_MANIFEST)}
     models.update(dict(m.split("=", 1) for m in args.model))

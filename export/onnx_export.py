@@ -1,4 +1,5 @@
-"""``python -m export.onnx_export``: the student → one ONNX graph + manifest, with a parity check.
+"""``python -m vivify.export.onnx_export``: the student → one ONNX graph + manifest, with a parity
+check.
 
 The graph is the whole sampler: audio encoder once, ``student_steps`` Euler steps unrolled,
 normalisation folded in. Inputs ``mel`` (B, 4T, 40), ``past`` (B, K, 19), ``controls`` (B, 7),
@@ -19,9 +20,9 @@ import numpy as np
 import onnx
 import torch
 
-from engines.motion_generator import INPUT_NAMES, OUTPUT_NAME, sha256_file
-from export.model import Student
-from export.train import load
+from vivify.engines.motion.generator import INPUT_NAMES, OUTPUT_NAME, sha256_file
+from vivify.engines.motion.torch_model import Student
+from vivify.export.train import load
 
 OPSET = 17
 PARITY_TOL = 1e-4  # max |torch − ORT| in rig units, the issue's bar
@@ -64,7 +65,7 @@ def export(student_path: Path, out_dir: Path, name: str = "motion_generator") ->
         "bytes": onnx_path.stat().st_size,
         "rig_version": cfg.rig_version,
         "opset": OPSET,
-        "torch_factory": "export.generator_twin:GeneratorTwin",
+        "torch_factory": "vivify.engines.motion.generator_twin:GeneratorTwin",
         "config": asdict(cfg),
         "inputs": {
             "mel": ["batch", cfg.context_frames * cfg.mels_per_frame, cfg.n_mels],

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from engines.graph_renderer import to_uint8
-from engines.motion import motion
-from engines.runtimes import ModelManifest, Runner, create_runner, probe, select_runtime
-from engines.runtimes.renderer_bank import BANK_INPUTS, build_bank, renderer_feeds
-from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+from vivify.engines.motion.vector import motion
+from vivify.engines.render.graph_renderer import to_uint8
+from vivify.engines.runtimes import ModelManifest, Runner, create_runner, probe, select_runtime
+from vivify.engines.runtimes.renderer_bank import BANK_INPUTS, build_bank, renderer_feeds
+from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,10 @@ class _PolygraphyAdapter:
 
 
 def run(out_dir: Path, onnx_dir: Path) -> dict[str, Any]:
-    from engines.avatar import AvatarPreparer
-    from engines.default_avatar import default_portrait_path
-    from engines.renderer import Renderer
-    from export.engine_export import export_renderer, inspect
+    from vivify.engines.avatar.default_avatar import default_portrait_path
+    from vivify.engines.avatar.pack import AvatarPreparer
+    from vivify.engines.render.renderer import Renderer
+    from vivify.export.engine_export import export_renderer, inspect
 
     out_dir.mkdir(parents=True, exist_ok=True)
     export_renderer(onnx_dir)

@@ -1,10 +1,10 @@
-"""``python -m export.render_labels``: the training targets themselves, rendered and judged.
+"""``python -m vivify.export.render_labels``: the training targets themselves, rendered and judged.
 
 ``--driver learned`` / ``baseline`` renders the same speech through that driver instead, so the
 targets, the model and the baseline are scored on the same clips by the same judge.
 
 A model can only be as good as what it is taught. Before any training, this renders the mouth
-labels of a few sentences (``export.data.labels``: visemes → dominance blending → rig values)
+labels of a few sentences (``vivify.export.data.labels``: visemes → dominance blending → rig values)
 straight through the renderer on the default avatar, and scores the video with the outside
 judge (``../shared/judge``: face mesh on the frames + forced alignment of the transcript) the
 way a user's clip is scored. If the labels themselves do not close on P/B/M or open on open
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio_io import SAMPLES_PER_FRAME
-from engines.motion import INDEX, MOTION_DIM, rest_motion
-from export.data import labels as lab
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
+from vivify.engines.motion.vector import INDEX, MOTION_DIM, rest_motion
+from vivify.export.data import labels as lab
 
 REPO = Path(__file__).resolve().parent.parent
 JUDGE = REPO.parent / "shared" / "judge"
@@ -53,12 +53,12 @@ def render_clip(text: str, voice: str, out: Path, driver: str = "labels") -> Pat
     """Speak ``text`` and render it, writing ``out``.mp4/.wav/.txt: ``labels`` renders the
     mouth targets (head still); ``learned`` / ``baseline`` run that driver on the audio, as
     ``vivify render`` does."""
-    from engines.avatar import AvatarPreparer
-    from engines.default_avatar import default_portrait_path
-    from engines.renderer import Renderer
-    from export.data.augment import resample
-    from export.data.synth import Espeak
-    from streamer.video_writer import Mp4Writer
+    from vivify.engines.avatar.default_avatar import default_portrait_path
+    from vivify.engines.avatar.pack import AvatarPreparer
+    from vivify.engines.render.renderer import Renderer
+    from vivify.export.data.augment import resample
+    from vivify.export.data.synth import Espeak
+    from vivify.streamer.offline.video_writer import Mp4Writer
 
     utt = Espeak().say(text, voice)
     speech = resample(utt.audio, utt.rate, RATE)
@@ -67,7 +67,7 @@ def render_clip(text: str, voice: str, out: Path, driver: str = "labels") -> Pat
     write_wav(out.with_suffix(".wav"), audio)
     out.with_suffix(".txt").write_text(text + "\n")
     if driver != "labels":
-        from streamer.offline import RenderOptions, render_file
+        from vivify.streamer.offline.render import RenderOptions, render_file
 
         render_file(default_portrait_path(), out.with_suffix(".wav"), out.with_suffix(".mp4"),
                     RenderOptions(driver=driver))

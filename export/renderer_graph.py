@@ -1,4 +1,4 @@
-"""The renderer as one batched torch graph: the twin of ``engines/renderer.py`` for export.
+"""The renderer as one batched torch graph: the twin of ``engines/render/renderer.py`` for export.
 
 motion (B, 19) + avatar index (B,) + the avatar bank → keypoints (the rig) → two thin-plate
 forward fields (the mouth cut) → fixed-point + Newton inversion with fixed unrolled steps →
@@ -20,7 +20,7 @@ Why it looks like this:
   "inside" is "between the upper and the lower line, between the corners"; the anti-aliased
   fill is a vertical distance ramp, then the same 3×3 Gaussian as ``cv2.GaussianBlur``. This
   is the one deliberate approximation (``cv2.fillPoly``'s exact coverage is not a graph op).
-* **Fixed layer regions** (``engines.runtimes.renderer_bank``) keep every shape static.
+* **Fixed layer regions** (``vivify.engines.runtimes.renderer_bank``) keep every shape static.
 * **Device-clean** (for the torch runner on CUDA, under CUDA graphs): every constant —
   index lists, one-hot paste matrices, the blur kernel — is a buffer made in ``__init__`` (it
   moves with ``.to(device)``), and ``arange`` is told the inputs' device; ``forward`` never
@@ -36,19 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from engines import face_topology as ft
-from engines import layers as L
-from engines import mouth_interior as MI
-from engines import rig as R
-from engines.motion import HIGH, INDEX, LOW
-from engines.renderer import SEAM_MAX_RAMP, SEAM_WIDENING
-from engines.runtimes.renderer_bank import (
+from vivify.engines.avatar import face_topology as ft
+from vivify.engines.motion.vector import HIGH, INDEX, LOW
+from vivify.engines.render import layers as L
+from vivify.engines.render import mouth_interior as MI
+from vivify.engines.render import rig as R
+from vivify.engines.render.renderer import SEAM_MAX_RAMP, SEAM_WIDENING
+from vivify.engines.render.warp import FIXED_POINT_STEPS, MIN_NEWTON_DET
+from vivify.engines.runtimes.renderer_bank import (
     EYES_REGION,
     LID_MARGIN,
     MOUTH_REGION,
     GraphGeometry,
 )
-from engines.warp import FIXED_POINT_STEPS, MIN_NEWTON_DET
 
 TORCH = MI.Ops(clamp=lambda x, lo, hi: torch.clamp(x, min=lo, max=hi), abs=torch.abs,
                floor=torch.floor, exp=torch.exp, sin=torch.sin, channel=lambda a: a[:, None],
@@ -201,7 +201,8 @@ class RendererGraph(nn.Module):
 
     # ------------------------------------------------------------------ rig
     def head_pose(self, xy: Tensor, z: Tensor, m: Tensor, params: Tensor) -> Tensor:
-        """engines.rig.Rig.head_pose for (B, F, P, 2) point sets sharing one motion per row."""
+        """vivify.engines.render.rig.Rig.head_pose for (B, F, P, 2) point sets sharing one motion
+        per row."""
         deg = math.pi / 180.0
         yaw = m[:, INDEX["head_yaw"]] * (R.MAX_YAW_DEG * deg)
         pitch = m[:, INDEX["head_pitch"]] * (R.MAX_PITCH_DEG * deg)
@@ -254,7 +255,8 @@ class RendererGraph(nn.Module):
 
     def teeth_lines(self, m: Tensor, rest: Tensor, z: Tensor, basis: Tensor, params: Tensor
                     ) -> Tensor:
-        """engines.rig.Rig.teeth_lines: (B, 2, 9, 2), the upper row's line on the skull and
+        """vivify.engines.render.rig.Rig.teeth_lines: (B, 2, 9, 2), the upper row's line on the
+        skull and
         the lower row's carried by the jaw."""
         mid = (self.gather(rest, "ui_mid") + self.gather(rest, "li_mid")) / 2
         jaw_basis = basis[:, R.JAW_BASIS]  # (B, P, 2)
@@ -271,7 +273,8 @@ class RendererGraph(nn.Module):
 
     # ------------------------------------------------------------------ flow
     def _sample_grid(self, field: Tensor, s: Tensor) -> Tensor:
-        """engines.warp.ThinPlateFlow._sample: field (N, C, gh, gw) at pixel positions s."""
+        """vivify.engines.render.warp.ThinPlateFlow._sample: field (N, C, gh, gw) at pixel
+        positions s."""
         off = (self.step - 1) / 2
         g = quantise((s - off) / self.step + 1.0)
         grid = _normalise(g, 2.0 / (self.gw - 1), 2.0 / (self.gh - 1))
@@ -341,7 +344,7 @@ class RendererGraph(nn.Module):
         fields = field.permute(0, 3, 1, 2, 4).reshape(-1, self.gh, self.gw, 2)  # (2B, ...)
         maps = self.upsample(self.invert(fields)).reshape(-1, 2, 2, self.size, self.size)
         pos_up, pos_lo = maps[:, 0], maps[:, 1]
-        # The mouth line and the seam ramp (engines.renderer.Renderer._maps).
+        # The mouth line and the seam ramp (vivify.engines.render.renderer.Renderer._maps).
         mid = (self.gather(target, "ui") + self.gather(target, "li")) / 2
         mx, my = sorted_line(mid)
         xs = self.arange(0, self.size, m) + 0.5
@@ -361,7 +364,8 @@ class RendererGraph(nn.Module):
     # ------------------------------------------------------------------ layers
     def mouth_layer(self, image: Tensor, target: Tensor, rest: Tensor, palette: Tensor,
                     eye: Tensor, teeth_lines: Tensor) -> Tensor:
-        """engines.layers.composite_mouth (seal + cavity) inside the fixed mouth region."""
+        """vivify.engines.render.layers.composite_mouth (seal + cavity) inside the fixed mouth
+        region."""
         x0, y0, x1, y1 = self.mouth
         xs, ys = self.arange(x0, x1, image), self.arange(y0, y1, image)
         region = image[..., y0:y1, x0:x1]  # (B, 3, h, w)
@@ -382,7 +386,7 @@ class RendererGraph(nn.Module):
         a = (blur3(seal, self.blur_kernel) * 0.8 * amount[:, None, None])[:, None]
         seam = (palette[:, 0] * 0.8)[..., None, None]
         region = torch.floor(torch.clamp(region + (seam - region) * a, 0, 255))
-        # The interior (engines/mouth_interior.py, the same maths as the CPU renderer).
+        # The interior (engines/render/mouth_interior.py, the same maths as the CPU renderer).
         strength = torch.clamp(extra / (L.CAVITY_FULL_AT * eye), 0.0, 1.0)[:, None, None]
         alpha = blur3(between_lines(upper, lower, xs, ys), self.blur_kernel) * strength
         ux, _ = sorted_line(upper)
@@ -406,7 +410,8 @@ class RendererGraph(nn.Module):
     def eye_layers(self, image: Tensor, target: Tensor, rest: Tensor, iris: Tensor,
                    maps: Tensor, crop: Tensor, plates: Tensor, m: Tensor, eye: Tensor
                    ) -> Tensor:
-        """engines.layers.composite_irises then composite_lids, in the fixed eyes region."""
+        """vivify.engines.render.layers.composite_irises then composite_lids, in the fixed eyes
+        region."""
         x0, y0, x1, y1 = self.eyes
         xs, ys = self.arange(x0, x1, image), self.arange(y0, y1, image)
         region = image[..., y0:y1, x0:x1]

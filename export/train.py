@@ -1,4 +1,4 @@
-"""``python -m export.train``: train the teacher (rectified-flow velocity field with CFG).
+"""``python -m vivify.export.train``: train the teacher (rectified-flow velocity field with CFG).
 
 Rectified flow (Liu et al. 2022, "Flow straight and fast"): x_t = (1 − t)·x0 + t·ε, the model
 regresses v = ε − x0 at t ~ logit-normal (Esser et al. 2024), and sampling integrates the ODE
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.config import TINY, GeneratorConfig
-from export.dataset import WindowSampler, noisy_past
-from export.model import MotionFlow
+from vivify.engines.motion.generator_config import TINY, GeneratorConfig
+from vivify.engines.motion.torch_model import MotionFlow
+from vivify.export.dataset import WindowSampler, noisy_past
 
 EMA_DECAY = 0.998  # ~500-step average: runs here are a few thousand steps
 WARMUP_STEPS = 200

@@ -6,7 +6,8 @@ of a transcript (pocketsphinx, English only). This is the same principle inside 
 for clips whose phone times are known from their source (festival's own segment times,
 klettres recordings labelled by DTW, espeak-ng's events) and in any language:
 
-- the clip is rendered by a driver (``streamer.offline.render_file``: H.264, as delivered),
+- the clip is rendered by a driver (``vivify.streamer.offline.render.render_file``: H.264, as
+delivered),
   optionally after its audio went through Opus (the WebRTC channel);
 - the mouth opening is measured per decoded frame with the project's own face mesh (the same
   MediaPipe landmark model the judge runs);
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.audio_io import SAMPLES_PER_FRAME
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
 
 RATE = 16_000
 FPS = 25
@@ -120,11 +121,11 @@ def render_frames(audio: np.ndarray, model: str, renderer: Any) -> list[np.ndarr
     the renderer, then H.264 and back: the frames a viewer of the file gets."""
     import av
 
-    from engines.audio_io import SAMPLE_RATE
-    from engines.baseline_driver import BaselineConfig, BaselineDriver
-    from engines.motion import clip_motion
-    from engines.motion_generator import GeneratorRunner, MotionGenerator
-    from streamer.video_writer import Mp4Writer
+    from vivify.engines.audio.audio_io import SAMPLE_RATE
+    from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
+    from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
+    from vivify.engines.motion.vector import clip_motion
+    from vivify.streamer.offline.video_writer import Mp4Writer
 
     driver: Any = (BaselineDriver(BaselineConfig(seed=0)) if model == "baseline"
                    else MotionGenerator(GeneratorRunner(model), seed=0))
@@ -145,7 +146,7 @@ def render_and_score(audio: np.ndarray, segments: list[tuple[float, float, str]]
                      opus_kbps: int | None = None) -> Scores:
     """Render ``audio`` with ``model`` and score the video. With ``opus_kbps`` the driver
     hears the audio after an Opus round trip (the scores keep the clean timeline)."""
-    from export.data.augment import opus_roundtrip
+    from vivify.export.data.augment import opus_roundtrip
 
     heard = opus_roundtrip(audio, opus_kbps) if opus_kbps else audio
     frames = render_frames(heard, model, renderer)

@@ -19,7 +19,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def face_models() -> Path:
     """Model files in the user cache (``make setup`` fetched them; fetch if a run skipped it)."""
-    from engines.model_store import fetch_models
+    from vivify.engines.avatar.model_store import fetch_models
 
     return fetch_models()
 
@@ -33,7 +33,7 @@ def astronaut() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def preparer(face_models: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from engines.avatar import AvatarPreparer
+    from vivify.engines.avatar.pack import AvatarPreparer
 
     return AvatarPreparer(cache_dir=tmp_path_factory.mktemp("avatars"))
 
@@ -45,6 +45,6 @@ def pack(preparer, astronaut):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def renderer(pack):  # type: ignore[no-untyped-def]
-    from engines.renderer import Renderer
+    from vivify.engines.render.renderer import Renderer
 
     return Renderer(pack)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.audio_io import (
+from vivify.engines.audio.audio_io import (
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,
     AudioDecodeError,
@@ -71,7 +71,7 @@ def test_compressed_formats_written_with_pyav_decode(
 
 
 def test_audio_track_of_a_video_file(tmp_path: Path) -> None:
-    from streamer.video_writer import Mp4Writer
+    from vivify.streamer.offline.video_writer import Mp4Writer
 
     path = tmp_path / "clip.mp4"
     tone = media.sine(TONE_HZ, 1.0, SAMPLE_RATE)

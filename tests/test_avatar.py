@@ -12,9 +12,10 @@ import pytest
 from conftest import png_bytes
 from PIL import Image
 
-from engines import face_topology as ft
-from engines.avatar import AvatarPack, AvatarPreparer
-from engines.errors import (
+from vivify.engines.avatar import face_topology as ft
+from vivify.engines.avatar.image_io import MAX_BYTES
+from vivify.engines.avatar.pack import AvatarPack, AvatarPreparer
+from vivify.engines.errors import (
     CorruptImageError,
     FaceTooSmallError,
     ImageTooLargeError,
@@ -22,7 +23,6 @@ from engines.errors import (
     NoFaceError,
     NotAnImageError,
 )
-from engines.image_io import MAX_BYTES
 
 
 def test_pack_geometry(pack) -> None:  # type: ignore[no-untyped-def]

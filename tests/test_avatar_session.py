@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamer.integrations.avatar_session import LocalAvatars, Resampler, to_mono_float
+from vivify.streamer.integrations.avatar_session import LocalAvatars, Resampler, to_mono_float
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import media
 import numpy as np
 import pytest
 
-from engines.audio_io import SAMPLES_PER_FRAME, load_audio
-from engines.baseline_driver import BaselineConfig, BaselineDriver
-from engines.motion import INDEX, MOTION_DIM
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME, load_audio
+from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
+from vivify.engines.motion.vector import INDEX, MOTION_DIM
 
 FPS = 25
 HEAD = [INDEX[n] for n in ("head_yaw", "head_pitch", "head_roll", "head_tx", "head_ty",

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from test_media import InlineScheduler, _speech_like
 
-from engines.audio_io import SAMPLES_PER_FRAME
-from engines.driver import BatchableDriver
-from engines.motion_generator import GeneratorRunner, MotionGenerator
-from streamer.batcher import WindowBatcher
-from streamer.clock import VirtualClock
-from streamer.media import SessionMedia
-from streamer.scheduler import InferenceScheduler
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
+from vivify.engines.motion.driver import BatchableDriver
+from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
+from vivify.streamer.media.batcher import WindowBatcher
+from vivify.streamer.media.clock import VirtualClock
+from vivify.streamer.media.scheduler import InferenceScheduler
+from vivify.streamer.media.session_media import SessionMedia
 
 
 class RecordingRunner:
@@ -120,7 +120,7 @@ def test_learned_sessions_are_batched_and_match_the_unbatched_driver(
 
 
 def test_only_the_learned_generator_is_batchable(runner: GeneratorRunner) -> None:
-    from engines.baseline_driver import BaselineConfig, BaselineDriver
+    from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
 
     assert isinstance(MotionGenerator(runner), BatchableDriver)
     assert not isinstance(BaselineDriver(BaselineConfig()), BatchableDriver)

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from bench import pipeline as bp  # noqa: E402  (after the skips: the bench needs torch/onnx)
-from engines.runtimes import ModelManifest  # noqa: E402
+from vivify.engines.runtimes import ModelManifest  # noqa: E402
 
 TIMINGS = ("generator_ms", "renderer_ms_per_call", "uint8_ms", "to_host_ms", "step_ms",
            "frames_per_s", "sessions_25fps")
@@ -80,9 +80,9 @@ def test_quick_run_writes_consistent_rows(tmp_path: Path, renderer_json: Path, b
 def test_pipeline_frames_are_the_graphs_output(renderer_json: Path, bank) -> None:  # type: ignore[no-untyped-def]
     """Independently of the runner plumbing: the pipeline's uint8 frames equal the renderer
     graph module's output for the generator's motions, rows mixing the bank's avatars."""
-    from engines.graph_renderer import to_uint8
-    from export.engine_export import INPUT_NAMES
-    from export.renderer_graph import RendererGraph
+    from vivify.engines.render.graph_renderer import to_uint8
+    from vivify.export.engine_export import INPUT_NAMES
+    from vivify.export.renderer_graph import RendererGraph
 
     gen, ren = _runners("torch-cpu", renderer_json)
     with gen, ren:
@@ -105,7 +105,7 @@ def test_pipeline_frames_are_the_graphs_output(renderer_json: Path, bank) -> Non
 def test_pipeline_is_device_clean(renderer_json: Path, bank) -> None:  # type: ignore[no-untyped-def]
     """Generator → renderer → uint8 stays on the runners' device with no host tensor mixed in:
     on the meta device (a stand-in for CUDA here) a stray CPU tensor is an error."""
-    from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+    from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
     gen = TorchRunner(ModelManifest.load(bp.DEFAULT_MANIFEST),
                       TorchConfig(device="meta", cuda_graphs=False))
@@ -146,7 +146,7 @@ def test_a_failing_batch_is_recorded_and_the_rest_run(tmp_path: Path, renderer_j
 def test_bank_file_is_reused_and_versioned(tmp_path: Path, bank_file: Path) -> None:
     """The saved bank (what a GPU host without face models or network is given) loads back
     equal; a file stamped with another bank version is rebuilt, not trusted."""
-    from engines.runtimes.renderer_bank import BANK_INPUTS
+    from vivify.engines.runtimes.renderer_bank import BANK_INPUTS
 
     built = bp.default_bank(bank_file)
     with np.load(bank_file) as saved:

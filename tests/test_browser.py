@@ -58,7 +58,7 @@ MOUTH_JS = """([ms, step]) => new Promise((resolve) => {
 @pytest.fixture(scope="module")
 def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 s of silence, then a sentence, then silence: what the fake microphone loops."""
-    from engines.audio_io import load_audio
+    from vivify.engines.audio.audio_io import load_audio
 
     tmp = tmp_path_factory.mktemp("mic")
     speech = load_audio(espeak_wav("Hello there! Peter bought a big bottle of milk today.",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from export.data import augment as aug
+from vivify.export.data import augment as aug
 
 RATE = aug.RATE
 

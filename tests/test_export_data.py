@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.motion import INDEX
-from export.data import augment as aug
-from export.data import labels as lab
-from export.data.text import EVAL_SENTENCE_BASE, sentence
 from tests.media import have_espeak
+from vivify.engines.motion.vector import INDEX
+from vivify.export.data import augment as aug
+from vivify.export.data import labels as lab
+from vivify.export.data.text import EVAL_SENTENCE_BASE, sentence
 
 needs_espeak = pytest.mark.skipif(not have_espeak(), reason="espeak-ng not installed")
 
@@ -83,7 +83,7 @@ def test_sung_vowel_level_and_length() -> None:
 
 @needs_espeak
 def test_espeak_phoneme_events_match_audio() -> None:
-    from export.data.synth import Espeak
+    from vivify.export.data.synth import Espeak
 
     utt = Espeak().say("Maybe bob.", "en-us")
     names = [p for _, _, p in utt.phonemes]
@@ -98,8 +98,8 @@ def test_corpus_clip_is_reproducible() -> None:
     """Same seed → same clip. espeak-ng's waveform carries a few samples of internal state from
     one utterance to the next (it is not resettable through the API), so the audio may differ
     slightly; phoneme times, hence labels and classes, agree."""
-    from export.data.build import make_clip
-    from export.data.synth import Espeak
+    from vivify.export.data.build import make_clip
+    from vivify.export.data.synth import Espeak
 
     es = Espeak()
     u1, u2 = es.say("Maybe bob.", "en-us"), es.say("Maybe bob.", "en-us")

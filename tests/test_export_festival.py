@@ -12,13 +12,14 @@ import shutil
 import numpy as np
 import pytest
 
-from export.data import festival as fest
-from export.data.labels import VISEMES, VOWEL_VISEMES
+from vivify.export.data import festival as fest
+from vivify.export.data.labels import VISEMES, VOWEL_VISEMES
 
 HAVE_FESTIVAL = shutil.which("festival") is not None
 needs_festival = pytest.mark.skipif(
     not HAVE_FESTIVAL, reason="festival is not installed (apt-get install --no-install-recommends "
-                              "festival festvox-kdlpc16k ...; see export.data.festival.PACKAGES)")
+                              "festival festvox-kdlpc16k ...; "
+                               "see vivify.export.data.festival.PACKAGES)")
 HELD_OUT_NAMES = ("kal_diphone", "cmu_us_slt_arctic_hts", "festvox-kallpc16k",
                   "festvox-kallpc8k", "festvox-us-slt-hts", "cmu_us_awb_arctic_clunits", "flite")
 

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from export.data import klettres as kl
-from export.data import labels as lab
+from vivify.export.data import klettres as kl
+from vivify.export.data import labels as lab
 
 
 def _have_libespeak() -> bool:

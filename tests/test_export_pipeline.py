@@ -19,11 +19,11 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
-    from export.config import TINY
-    from export.data.build import build
-    from export.distill import distill
-    from export.onnx_export import export
-    from export.train import train
+    from vivify.engines.motion.generator_config import TINY
+    from vivify.export.data.build import build
+    from vivify.export.distill import distill
+    from vivify.export.onnx_export import export
+    from vivify.export.train import train
 
     root = tmp_path_factory.mktemp("recipe")
     torch.set_num_threads(1)
@@ -37,7 +37,7 @@ def built(tmp_path_factory) -> Path:
 
 
 def test_checkpoint_carries_frozen_config(built: Path) -> None:
-    from export.config import TINY, GeneratorConfig
+    from vivify.engines.motion.generator_config import TINY, GeneratorConfig
 
     ckpt = torch.load(built / "student.pt", weights_only=False)
     assert GeneratorConfig.from_dict(ckpt["config"]) == TINY
@@ -56,7 +56,7 @@ def test_onnx_metadata_manifest_and_parity(built: Path) -> None:
 
 
 def test_runtime_streams_the_exported_model(built: Path) -> None:
-    from engines.motion_generator import GeneratorRunner, MotionGenerator
+    from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
 
     runner = GeneratorRunner(built / "models" / "motion_generator.json")
     audio = (0.05 * np.random.default_rng(0).standard_normal(9000)).astype(np.float32)
@@ -67,7 +67,7 @@ def test_runtime_streams_the_exported_model(built: Path) -> None:
 
 
 def test_config_validation() -> None:
-    from export.config import GeneratorConfig
+    from vivify.engines.motion.generator_config import GeneratorConfig
 
     with pytest.raises(ValueError, match="window"):
         GeneratorConfig(window=3, lookahead=2)

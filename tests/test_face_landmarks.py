@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from engines import model_store
-from engines.face_landmarks import FaceAnalyzer, FaceDetection
+from vivify.engines.avatar import model_store
+from vivify.engines.avatar.face_landmarks import FaceAnalyzer, FaceDetection
 
 RIGHT_IRIS, LEFT_IRIS = 468, 473  # centres; the subject's right eye is on the image's left
 NOSE_TIP, UPPER_LIP_INNER, LOWER_LIP_INNER, CHIN, FOREHEAD = 1, 13, 14, 152, 10

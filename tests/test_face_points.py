@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import png_bytes
 
-from engines.errors import FaceTooSmallError
-from engines.face_points import MESH_INDEX, NAMES, BadPointsError, FacePoints
-from engines.face_search import find_face
+from vivify.engines.avatar.face_points import MESH_INDEX, NAMES, BadPointsError, FacePoints
+from vivify.engines.avatar.face_search import find_face
+from vivify.engines.errors import FaceTooSmallError
 
 GOOD = {"right_eye": [160, 170], "left_eye": [240, 170], "nose": [200, 215],
         "mouth_right": [168, 260], "mouth_left": [232, 260]}
@@ -82,7 +82,7 @@ def test_a_tilted_face_is_found_and_mapped_back(preparer: Any, astronaut: np.nda
     plain = find_face(astronaut, preparer.analyzer.detect)
     assert plain is not None and plain.how is None
     # Detection on a copy padded and rotated by find_face maps back to the original's pixels.
-    from engines.face_search import _geometric, _map_detection
+    from vivify.engines.avatar.face_search import _geometric, _map_detection
 
     for how, copy, to_original in _geometric(astronaut):
         faces = preparer.analyzer.detect(copy)
@@ -111,8 +111,8 @@ def test_a_blank_drawing_placed_by_hand_gets_the_reference_mesh(preparer: Any) -
 def test_the_api_places_a_face_by_hand(face_models: Any, tmp_path: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from streamer.config import ServerConfig
-    from streamer.server import build
+    from vivify.streamer.server.config import ServerConfig
+    from vivify.streamer.server.serve import build
 
     app, _ = build(ServerConfig(max_sessions=1, workers=1), home=tmp_path)
     blank = png_bytes(np.full((400, 400, 3), 200, np.uint8))

@@ -1,4 +1,5 @@
-"""The torch twin of the committed generator (export/generator_twin.py) against ONNX Runtime."""
+"""The torch twin of the committed generator (engines/motion/generator_twin.py) against ONNX
+Runtime."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from engines.motion_generator import DEFAULT_MANIFEST, INPUT_NAMES
-from engines.runtimes import ModelManifest
+from vivify.engines.motion.generator import DEFAULT_MANIFEST, INPUT_NAMES
+from vivify.engines.runtimes import ModelManifest
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -32,7 +33,7 @@ def manifest() -> ModelManifest:
 
 @pytest.fixture(scope="module")
 def twin(manifest: ModelManifest):  # type: ignore[no-untyped-def]
-    from export.generator_twin import GeneratorTwin
+    from vivify.engines.motion.generator_twin import GeneratorTwin
 
     return GeneratorTwin.from_manifest(manifest)
 
@@ -55,13 +56,13 @@ def test_twin_matches_onnx_runtime(twin, ort_session, batch: int) -> None:  # ty
 
 
 def test_manifest_names_the_twin(manifest: ModelManifest) -> None:
-    assert manifest.raw["torch_factory"] == "export.generator_twin:GeneratorTwin"
+    assert manifest.raw["torch_factory"] == "vivify.engines.motion.generator_twin:GeneratorTwin"
 
 
 def test_torch_runner_builds_the_twin(manifest: ModelManifest, ort_session) -> None:  # type: ignore[no-untyped-def]
     """The runtime path: TorchRunner → manifest torch_factory → from_manifest; feeds may
     be numpy or torch tensors (check_feeds reads dtype and shape from either)."""
-    from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+    from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
     feeds = _feeds(3, seed=7)
     ref = ort_session.run(["motion"], feeds)[0]
@@ -86,7 +87,7 @@ def test_forward_is_device_clean(twin) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_every_weight_is_mapped_or_refused(tmp_path, manifest: ModelManifest) -> None:  # type: ignore[no-untyped-def]
-    from export.generator_twin import NOT_IN_GRAPH, GeneratorTwin, TwinMismatchError
+    from vivify.engines.motion.generator_twin import NOT_IN_GRAPH, GeneratorTwin, TwinMismatchError
 
     model = onnx.load(str(manifest.onnx_path))
     names = {i.name for i in model.graph.initializer}

@@ -13,20 +13,20 @@ pytest.importorskip("torch")  # exporting the graph needs the export extra
 
 from test_media import _run
 
-from engines.graph_renderer import (
+from vivify.engines.motion.vector import clip_motion, motion, rest_motion
+from vivify.engines.provenance.stamp import ProvenanceStamp
+from vivify.engines.provenance.watermark import detect_frames
+from vivify.engines.render.graph_renderer import (
     GraphRenderer,
     GraphUnavailableError,
     RenderRequest,
     to_uint8,
 )
-from engines.motion import clip_motion, motion, rest_motion
-from engines.provenance import ProvenanceStamp
-from engines.runtimes.renderer_bank import GraphGeometry
-from engines.watermark import detect_frames
-from export.engine_export import export_renderer
-from export.parity import psnr
-from streamer.batcher import WindowBatcher
-from streamer.media import AVPair
+from vivify.engines.runtimes.renderer_bank import GraphGeometry
+from vivify.export.engine_export import export_renderer
+from vivify.export.parity import psnr
+from vivify.streamer.media.batcher import WindowBatcher
+from vivify.streamer.media.session_media import AVPair
 
 SPEECH = motion(jaw_open=0.6, lip_stretch=0.5, head_yaw=0.4, blink_l=0.8, blink_r=0.8)
 
@@ -70,8 +70,8 @@ def test_frames_match_the_cpu_renderer(graph: GraphRenderer, pack, renderer) -> 
 def test_torch_twin_makes_the_same_uint8_frames(manifest_path: Path, graph: GraphRenderer,  # type: ignore[no-untyped-def]
                                                pack) -> None:
     """The torch runner (the CUDA path, here on the CPU) casts to uint8 on its device."""
-    from engines.runtimes import ModelManifest
-    from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+    from vivify.engines.runtimes import ModelManifest
+    from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
     twin = GraphRenderer(TorchRunner(ModelManifest.load(manifest_path), TorchConfig(device="cpu")),
                          graph.geometry)
@@ -190,7 +190,7 @@ def test_session_media_on_the_graph_matches_the_cpu_renderer(graph: GraphRendere
 
 def test_serve_without_an_exported_graph_exits_2(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    from streamer.cli import main
+    from vivify.streamer.cli.main import main
 
     code = main(["serve", "--renderer", "graph", "--renderer-model",
                  str(tmp_path / "renderer.json"), "--port", "18099"])
@@ -201,7 +201,7 @@ def test_serve_without_an_exported_graph_exits_2(tmp_path: Path,
 def test_io_binding_of_the_bank_gives_the_same_frames(manifest_path: Path, pack) -> None:  # type: ignore[no-untyped-def]
     """ONNX Runtime with the pinned bank bound once as OrtValues (what the CUDA/TensorRT
     providers do, to skip a bank upload per call), here on the CPU: identical frames."""
-    from engines.runtimes import ModelManifest, OrtConfig, OrtRunner
+    from vivify.engines.runtimes import ModelManifest, OrtConfig, OrtRunner
 
     manifest = ModelManifest.load(manifest_path)
     bound = OrtRunner(manifest, OrtConfig(bind_pinned=True))

@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engines.motion import HIGH, LOW, MOTION_DIM, clip_motion
-from streamer.guard import BodyLimit, GuardConfig, RequestGuard, bearer_token
-from streamer.media import Controls
-from streamer.messages import MAX_DEPTH, parse_client_message
+from vivify.engines.motion.vector import HIGH, LOW, MOTION_DIM, clip_motion
+from vivify.streamer.media.session_media import Controls
+from vivify.streamer.server.guard import BodyLimit, GuardConfig, RequestGuard, bearer_token
+from vivify.streamer.server.messages import MAX_DEPTH, parse_client_message
 
 TOKEN = "t0ken-for-tests"
 
@@ -259,8 +259,8 @@ def test_websocket_refusals_use_the_documented_close_codes(headers: dict[str, st
 
 
 def test_empty_token_is_refused_at_start() -> None:
-    from streamer.cli import main
-    from streamer.config import ServerConfig
+    from vivify.streamer.cli.main import main
+    from vivify.streamer.server.config import ServerConfig
 
     with pytest.raises(ValueError, match="empty"):
         ServerConfig(token="")
@@ -270,7 +270,7 @@ def test_empty_token_is_refused_at_start() -> None:
 
 
 def test_tokens_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
-    from streamer.server import RedactSecrets
+    from vivify.streamer.server.serve import RedactSecrets
 
     redact = RedactSecrets("sekrit-value")
     record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1,
@@ -302,11 +302,11 @@ class ColdAvatars:
 
 
 def test_a_burst_on_a_cold_avatar_admits_at_most_the_capacity() -> None:
-    from streamer.clock import MonotonicClock
-    from streamer.config import ServerConfig
-    from streamer.errors import Full
-    from streamer.scheduler import InferenceScheduler
-    from streamer.sessions import SessionManager, VideoOptions
+    from vivify.streamer.media.clock import MonotonicClock
+    from vivify.streamer.media.scheduler import InferenceScheduler
+    from vivify.streamer.server.config import ServerConfig
+    from vivify.streamer.server.errors import Full
+    from vivify.streamer.server.sessions import SessionManager, VideoOptions
 
     async def burst() -> tuple[list[BaseException | None], int, int]:
         avatars = ColdAvatars()
@@ -334,8 +334,8 @@ def test_a_burst_on_a_cold_avatar_admits_at_most_the_capacity() -> None:
 def client(face_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
-    from streamer.config import ServerConfig
-    from streamer.server import build
+    from vivify.streamer.server.config import ServerConfig
+    from vivify.streamer.server.serve import build
 
     config = ServerConfig(token=TOKEN, max_sessions=2, max_upload_bytes=2 * 2**20,
                           session_idle_timeout=1.5, workers=1)
@@ -462,7 +462,7 @@ def test_any_json_body_gets_a_documented_answer(client: Any, route: str, body: A
 @given(messages=st.lists(client_texts() | st.binary(max_size=300), min_size=1, max_size=6))
 def test_any_websocket_message_gets_a_documented_answer(client: Any,
                                                         messages: list[str | bytes]) -> None:
-    from streamer.messages import SERVER_EVENTS
+    from vivify.streamer.server.messages import SERVER_EVENTS
 
     sid = client.post("/v1/sessions", json={"mode": "broadcast"}).json()["id"]
     try:

@@ -29,12 +29,12 @@ from livekit import api, rtc
 from livekit.agents import AgentSession
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 
-from streamer.integrations.avatar_session import LocalAvatars
-from streamer.integrations.livekit_agent import (
+from vivify.streamer.integrations.avatar_session import LocalAvatars
+from vivify.streamer.integrations.livekit_agent import (
     VivifyAvatarSession,
     mint_avatar_token,
 )
-from streamer.integrations.livekit_worker import LiveKitAvatarWorker, ask_server
+from vivify.streamer.integrations.livekit_worker import LiveKitAvatarWorker, ask_server
 
 pytestmark = pytest.mark.slow
 
@@ -564,8 +564,8 @@ def test_route_inside_vivify_serve(face_models: Path, tmp_path: Path) -> None:
     session routes apply; errors are the API's."""
     import httpx
 
-    from streamer.config import ServerConfig
-    from streamer.server import build
+    from vivify.streamer.server.config import ServerConfig
+    from vivify.streamer.server.serve import build
 
     sfu = FakeSFU()
     bearer = {"Authorization": "Bearer srv-token"}
@@ -643,7 +643,7 @@ def test_cli_help_and_missing_extra(monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     import sys
 
-    from streamer.cli import main
+    from vivify.streamer.cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["livekit-worker", "--help"])

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engines.audio_io import SAMPLES_PER_FRAME
-from engines.baseline_driver import BaselineConfig, BaselineDriver
-from streamer.clock import VirtualClock
-from streamer.media import MAX_LIVE_BACKLOG, AVPair, SessionMedia
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
+from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
+from vivify.streamer.media.clock import VirtualClock
+from vivify.streamer.media.session_media import MAX_LIVE_BACKLOG, AVPair, SessionMedia
 
 
 class InlineScheduler:

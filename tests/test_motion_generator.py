@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.audio_io import SAMPLES_PER_FRAME, load_audio
-from engines.driver import MotionDriver
-from engines.motion import INDEX, MOTION_DIM
-from engines.motion_generator import (
+from tests.media import espeak_wav, have_espeak, noise
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME, load_audio
+from vivify.engines.motion.driver import MotionDriver
+from vivify.engines.motion.generator import (
     DEFAULT_MANIFEST,
     FRAME_CONTEXT_SAMPLES,
     GeneratorRunner,
@@ -31,7 +31,7 @@ from engines.motion_generator import (
     load_manifest,
     log_mel_frames,
 )
-from tests.media import espeak_wav, have_espeak, noise
+from vivify.engines.motion.vector import INDEX, MOTION_DIM
 
 SR = 16_000
 
@@ -79,7 +79,7 @@ def test_manifest_rejects_tampering(tmp_path: Path) -> None:
 def test_runtime_loads_without_torch() -> None:
     code = ("import sys, numpy as np\n"
             "sys.modules['torch'] = None  # any torch import would now fail\n"
-            "from engines.motion_generator import GeneratorRunner, MotionGenerator\n"
+            "from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator\n"
             "g = MotionGenerator(GeneratorRunner())\n"
             "print(g.drive(np.zeros(6400, np.float32)).shape)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -226,8 +226,8 @@ def test_render_with_the_learned_driver(preparer, astronaut, speech: np.ndarray,
     """`vivify render --driver learned`: one frame per 40 ms of audio, through the same loop."""
     from conftest import png_bytes
 
-    from streamer.offline import RenderOptions, render_file
     from tests.media import write_wav
+    from vivify.streamer.offline.render import RenderOptions, render_file
 
     portrait = tmp_path / "p.png"
     portrait.write_bytes(png_bytes(astronaut))

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from media import espeak_wav
 
-from engines import face_topology as ft
-from engines.audio_io import load_audio
-from streamer.offline import RenderOptions, render_file
-from streamer.verify import verify_file
+from vivify.engines.audio.audio_io import load_audio
+from vivify.engines.avatar import face_topology as ft
+from vivify.streamer.offline.render import RenderOptions, render_file
+from vivify.streamer.offline.verify import verify_file
+
+VIVIFY = [sys.executable, "-m", "vivify.streamer.cli"]
 
 pytestmark = pytest.mark.slow
 SENTENCE = "Peter bought a bottle of milk, and then he sang a song about the sea."
@@ -79,12 +81,12 @@ def test_full_frame_render(speech: Path, preparer, pack, tmp_path: Path) -> None
 def test_cli_reports_bad_inputs(tmp_path: Path, speech: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not a portrait")
-    run = subprocess.run([sys.executable, "-m", "streamer.cli", "render", "--portrait", str(text),
+    run = subprocess.run([*VIVIFY, "render", "--portrait", str(text),
                           "--audio", str(speech), "-o", str(tmp_path / "x.mp4"), "--quiet"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "not_an_image" in run.stderr
     assert not (tmp_path / "x.mp4").exists()
-    run = subprocess.run([sys.executable, "-m", "streamer.cli", "render", "--portrait", "default",
+    run = subprocess.run([*VIVIFY, "render", "--portrait", "default",
                           "--audio", str(text), "-o", str(tmp_path / "y.mp4"), "--quiet"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "audio" in run.stderr.lower()
@@ -95,7 +97,7 @@ def test_cli_reports_bad_inputs(tmp_path: Path, speech: Path) -> None:
 def test_readme_demo_command(tmp_path: Path) -> None:
     """`make run`'s main job, as the README states it."""
     out = tmp_path / "demo.mp4"
-    run = subprocess.run([sys.executable, "-m", "streamer.cli", "demo", "-o", str(out), "--quiet"],
+    run = subprocess.run([*VIVIFY, "demo", "-o", str(out), "--quiet"],
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr
     assert "demo video:" in run.stdout and out.stat().st_size > 10_000

@@ -39,9 +39,9 @@ from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
-from streamer.config import ServerConfig
-from streamer.integrations.avatar_session import LocalAvatars
-from streamer.integrations.pipecat import FrameAudio, SpeechIn, VivifyVideoService
+from vivify.streamer.integrations.avatar_session import LocalAvatars
+from vivify.streamer.integrations.pipecat import FrameAudio, SpeechIn, VivifyVideoService
+from vivify.streamer.server.config import ServerConfig
 
 pytestmark = pytest.mark.slow
 needs_espeak = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
@@ -287,7 +287,7 @@ def test_small_webrtc_call_shows_the_avatar_to_an_aiortc_peer(
 
 def test_without_pipecat_the_import_error_says_what_to_install() -> None:
     code = ("import sys; sys.modules['pipecat'] = None\n"
-            "try:\n    import streamer.integrations.pipecat\n"
+            "try:\n    import vivify.streamer.integrations.pipecat\n"
             "except ImportError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
@@ -312,7 +312,7 @@ def test_audio_blocks_in_and_out_keep_whole_frames() -> None:
 def test_remote_pairs_follow_the_media_clock_through_loss_and_jitter() -> None:
     import av
 
-    from streamer.integrations.remote import PairAssembler
+    from vivify.streamer.integrations.remote import PairAssembler
 
     def video(slot: int) -> Any:
         frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), slot, np.uint8), format="rgb24")

@@ -15,9 +15,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
-from engines.runtimes import ModelManifest  # noqa: E402
-from engines.runtimes.precision import geometry_nodes, keep_fp32, layer_matches  # noqa: E402
-from engines.runtimes.tensorrt_runner import (  # noqa: E402
+from vivify.engines.runtimes import ModelManifest  # noqa: E402
+from vivify.engines.runtimes.precision import geometry_nodes, keep_fp32, layer_matches  # noqa: E402
+from vivify.engines.runtimes.tensorrt_runner import (  # noqa: E402
     GpuIdentity,
     TensorRTConfig,
     TensorRTRunner,
@@ -47,7 +47,7 @@ def test_geometry_nodes_are_those_without_pixel_inputs() -> None:
 
 def test_exported_renderer_lists_its_geometry(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from export.engine_export import export_renderer
+    from vivify.export.engine_export import export_renderer
 
     manifest = export_renderer(tmp_path)
     model = onnx.load(str(tmp_path / "renderer.onnx"))

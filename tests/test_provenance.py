@@ -7,12 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engines.disclosure import DisclosureConfig
-from engines.provenance import ProvenanceStamp
-from engines.watermark import detect_frames, session_payload
-from streamer.config import ServerConfig
-from streamer.offline import RenderOptions
-from streamer.sessions import SessionManager
+from vivify.engines.provenance.disclosure import DisclosureConfig
+from vivify.engines.provenance.stamp import ProvenanceStamp
+from vivify.engines.provenance.watermark import detect_frames, session_payload
+from vivify.streamer.offline.render import RenderOptions
+from vivify.streamer.server.config import ServerConfig
+from vivify.streamer.server.sessions import SessionManager
 
 
 def test_stamp_marks_and_labels(pack) -> None:  # type: ignore[no-untyped-def]
@@ -59,7 +59,7 @@ def test_bad_label_settings_are_refused() -> None:
 
 
 def test_answer_codec_is_read_from_the_video_section() -> None:
-    from streamer.sessions import _video_codec
+    from vivify.streamer.server.sessions import _video_codec
 
     sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
            "m=video 9 UDP/TLS/RTP/SAVPF 102 97\r\na=rtpmap:97 VP8/90000\r\n"

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from engines import face_topology as ft
-from engines.motion import motion, rest_motion
-from engines.renderer import Renderer
-from engines.warp import jacobian_determinant
+from vivify.engines.avatar import face_topology as ft
+from vivify.engines.motion.vector import motion, rest_motion
+from vivify.engines.render.renderer import Renderer
+from vivify.engines.render.warp import jacobian_determinant
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -186,7 +186,7 @@ def test_paste_back_is_seamless(renderer: Renderer, pack) -> None:  # type: igno
 
 
 def test_config_validation(pack) -> None:  # type: ignore[no-untyped-def]
-    from engines.renderer import RenderConfig
+    from vivify.engines.render.renderer import RenderConfig
 
     with pytest.raises(ValueError, match="grid_step"):
         RenderConfig(grid_step=3)

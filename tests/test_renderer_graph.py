@@ -11,18 +11,18 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from engines.graph_renderer import to_uint8  # noqa: E402
-from engines.motion import motion, rest_motion  # noqa: E402
-from engines.runtimes import ModelManifest, create_runner  # noqa: E402
-from engines.runtimes.renderer_bank import (  # noqa: E402
+from vivify.engines.motion.vector import motion, rest_motion  # noqa: E402
+from vivify.engines.render.graph_renderer import to_uint8  # noqa: E402
+from vivify.engines.runtimes import ModelManifest, create_runner  # noqa: E402
+from vivify.engines.runtimes.renderer_bank import (  # noqa: E402
     BANK_INPUTS,
     GraphGeometry,
     build_bank,
     renderer_feeds,
 )
-from export.engine_export import INPUT_NAMES, export_renderer, inspect  # noqa: E402
-from export.parity import psnr  # noqa: E402
-from export.renderer_graph import RendererGraph  # noqa: E402
+from vivify.export.engine_export import INPUT_NAMES, export_renderer, inspect  # noqa: E402
+from vivify.export.parity import psnr  # noqa: E402
+from vivify.export.renderer_graph import RendererGraph  # noqa: E402
 
 MOTIONS = {
     "rest": rest_motion(),
@@ -122,7 +122,7 @@ def test_bank_checks_geometry(pack) -> None:  # type: ignore[no-untyped-def]
 
 def test_graph_for_torch_runner_on_cpu(bank, exported: ModelManifest) -> None:  # type: ignore[no-untyped-def]
     """The torch runner builds the twin from the manifest's torch_factory (CPU here)."""
-    from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+    from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
     with TorchRunner(exported, TorchConfig(device="cpu")) as runner:
         runner.pin(bank)
@@ -132,7 +132,7 @@ def test_graph_for_torch_runner_on_cpu(bank, exported: ModelManifest) -> None:  
 
 
 def test_export_cli(tmp_path: Path) -> None:
-    from streamer.cli import main
+    from vivify.streamer.cli.main import main
 
     assert main(["export", "--out", str(tmp_path), "--with-generator"]) == 0
     for stage in ("renderer", "motion_generator"):
@@ -153,7 +153,7 @@ def test_graph_is_device_clean(bank) -> None:  # type: ignore[no-untyped-def]
 def test_export_knows_when_it_is_stale(tmp_path: Path) -> None:
     import json
 
-    from export.engine_export import is_current
+    from vivify.export.engine_export import is_current
 
     manifest = export_renderer(tmp_path)
     path = tmp_path / "renderer.json"

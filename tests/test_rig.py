@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines import face_topology as ft
-from engines.motion import MOTION_DIM, clip_motion, emotion_offset, motion, rest_motion
-from engines.rig import Rig
+from vivify.engines.avatar import face_topology as ft
+from vivify.engines.motion.vector import (
+    MOTION_DIM,
+    clip_motion,
+    emotion_offset,
+    motion,
+    rest_motion,
+)
+from vivify.engines.render.rig import Rig
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.motion_generator import DEFAULT_MANIFEST, GeneratorRunner
-from engines.runtimes import (
+from vivify.engines.motion.generator import DEFAULT_MANIFEST, GeneratorRunner
+from vivify.engines.runtimes import (
     Availability,
     InputMismatchError,
     ManifestMismatchError,
@@ -26,9 +26,9 @@ from engines.runtimes import (
     profile_shapes,
     select_runtime,
 )
-from engines.runtimes.ort_runner import provider_options
-from engines.runtimes.renderer_bank import GraphGeometry
-from engines.runtimes.tensorrt_runner import (
+from vivify.engines.runtimes.ort_runner import provider_options
+from vivify.engines.runtimes.renderer_bank import GraphGeometry
+from vivify.engines.runtimes.tensorrt_runner import (
     EngineCacheKey,
     GpuIdentity,
     TensorRTConfig,
@@ -54,7 +54,8 @@ def renderer_manifest(tmp_path: Path) -> ModelManifest:
     geo = GraphGeometry()
     raw = {"name": "renderer", "file": "renderer.onnx", "sha256": "ab" * 32,
            "rig_version": "rig-1", "inputs": geo.input_shapes(), "outputs": geo.output_shapes(),
-           "dtypes": {"avatar": "int32"}, "torch_factory": "export.renderer_graph:RendererGraph"}
+           "dtypes": {"avatar": "int32"},
+           "torch_factory": "vivify.export.renderer_graph:RendererGraph"}
     path = tmp_path / "renderer.json"
     path.write_text(json.dumps(raw))
     return ModelManifest.load(path, verify=False)
@@ -199,7 +200,7 @@ def test_torch_cuda_missing_is_clear(renderer_manifest: ModelManifest) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from engines.runtimes.torch_runner import TorchRunner
+    from vivify.engines.runtimes.torch_runner import TorchRunner
 
     with pytest.raises(MissingRuntimeError, match="torch with CUDA"):
         TorchRunner(renderer_manifest).activate()

@@ -22,10 +22,10 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 from media import espeak_wav
 
-from engines.audio_io import float_to_pcm16, load_audio
-from engines.watermark import detect_frames
-from streamer.config import ServerConfig
-from streamer.server import build
+from vivify.engines.audio.audio_io import float_to_pcm16, load_audio
+from vivify.engines.provenance.watermark import detect_frames
+from vivify.streamer.server.config import ServerConfig
+from vivify.streamer.server.serve import build
 
 pytestmark = pytest.mark.slow
 TOKEN = "s3cret"
@@ -411,7 +411,8 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
     (tmp_path / "models").symlink_to(face_models.parent)  # a private home, the same models
     env = dict(os.environ, VIVIFY_HOME=str(tmp_path))
     env.pop("VIVIFY_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "vivify.streamer.cli", "serve",
+                             "--port", str(port),
                              "--max-sessions", "2", "--token", TOKEN], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     auth = {"authorization": f"Bearer {TOKEN}"}
@@ -454,7 +455,7 @@ def test_verify_endpoint_and_label_choice(server: LiveServer, astronaut: np.ndar
     """``POST /v1/verify`` answers like ``vivify verify``; ``label`` picks the visible label."""
     from conftest import png_bytes
 
-    from engines.watermark import Watermarker, session_payload
+    from vivify.engines.provenance.watermark import Watermarker, session_payload
 
     crop = np.ascontiguousarray(astronaut[:512, :512])
     marked = Watermarker(session_payload("api-verify")).apply(crop)
@@ -516,7 +517,7 @@ def test_graph_renderer_batches_every_sessions_frames(face_models: Path, tmp_pat
     pytest.importorskip("torch")
     from conftest import png_bytes
 
-    from export.engine_export import export_renderer
+    from vivify.export.engine_export import export_renderer
 
     export_renderer(tmp_path / "engines")
     pcm = float_to_pcm16(load_audio(speech))[: 2 * 32000]  # 2 s

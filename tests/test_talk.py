@@ -26,8 +26,8 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 from test_server import TOKEN, LiveServer, _mouth_activity
 
-from streamer import talk
-from streamer.talk import (
+from vivify.streamer.cli import talk
+from vivify.streamer.cli.talk import (
     EXIT_AUTH,
     EXIT_ERROR,
     EXIT_UNREACHABLE,
@@ -239,7 +239,7 @@ def test_live_microphone_and_speaker_with_fake_devices(
         capsys: pytest.CaptureFixture[str]) -> None:
     """The device path end to end, with only PortAudio faked: the mic's frames drive the
     avatar in mirror mode and the answer reaches the speaker callback (stereo fallback)."""
-    from engines.audio_io import load_audio
+    from vivify.engines.audio.audio_io import load_audio
 
     pcm = np.repeat(np.clip(load_audio(speech) * 32767, -32768, 32767), 3)  # 16 → 48 kHz
     fake = FakeDevices(pcm.astype(np.int16), mono_ok=False)

@@ -10,17 +10,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.graph_renderer import to_uint8  # noqa: E402
-from engines.motion import motion, rest_motion  # noqa: E402
-from engines.runtimes import ModelManifest  # noqa: E402
-from engines.runtimes.renderer_bank import BANK_INPUTS, build_bank  # noqa: E402
-from engines.runtimes.torch_runner import (  # noqa: E402
+from vivify.engines.motion.vector import motion, rest_motion  # noqa: E402
+from vivify.engines.render.graph_renderer import to_uint8  # noqa: E402
+from vivify.engines.runtimes import ModelManifest  # noqa: E402
+from vivify.engines.runtimes.renderer_bank import BANK_INPUTS, build_bank  # noqa: E402
+from vivify.engines.runtimes.torch_runner import (  # noqa: E402
     DEFAULT_BUCKETS,
     TorchConfig,
     TorchRunner,
     bucket_for,
 )
-from export.engine_export import export_renderer  # noqa: E402
+from vivify.export.engine_export import export_renderer  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device on this machine")
@@ -110,7 +110,7 @@ def test_cuda_graphs_match_eager_cpu(manifest: ModelManifest, bank) -> None:  # 
 
 @needs_cuda
 def test_generator_twin_on_cuda_matches_onnx_runtime() -> None:
-    from engines.motion_generator import DEFAULT_MANIFEST, GeneratorRunner
+    from vivify.engines.motion.generator import DEFAULT_MANIFEST, GeneratorRunner
 
     manifest = ModelManifest.load(DEFAULT_MANIFEST)
     feeds = manifest.example_feeds({"batch": 5}, seed=1)

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 from test_watermark import camera_clip, render_clip, skimage_image
 
-from engines.watermark import Watermarker, session_payload
-from streamer.verify import (
+from vivify.engines.provenance.watermark import Watermarker, session_payload
+from vivify.streamer.offline.verify import (
     EXIT_MARKED,
     EXIT_NOT_MARKED,
     EXIT_UNREADABLE,
@@ -28,7 +28,7 @@ from streamer.verify import (
     add_verify_parser,
     verify_file,
 )
-from streamer.video_writer import Mp4Writer
+from vivify.streamer.offline.video_writer import Mp4Writer
 
 SESSION = "verify-session"
 FPS = 25

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.video_eval import FPS, score
+from vivify.export.video_eval import FPS, score
 
 SEGS = [(0.5, 0.65, "AH"), (0.65, 0.75, "BMP"), (0.75, 1.0, "AA"), (1.0, 1.1, "BMP"),
         (1.1, 1.35, "EH"), (1.35, 1.45, "TDN"), (1.45, 1.7, "AH")]

@@ -9,7 +9,7 @@ import media
 import numpy as np
 import pytest
 
-from streamer.video_writer import Mp4Writer
+from vivify.streamer.offline.video_writer import Mp4Writer
 
 W, H, FPS, RATE = 128, 96, 25, 16_000
 SECONDS = 2
@@ -62,7 +62,7 @@ def test_round_trip_frames_size_rate_audio_and_metadata(tmp_path: Path) -> None:
 
 
 def test_audio_decodes_back_in_sync_and_at_level(tmp_path: Path) -> None:
-    from engines.audio_io import load_audio
+    from vivify.engines.audio.audio_io import load_audio
 
     out = tmp_path / "out.mp4"
     _write(out)

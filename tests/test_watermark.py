@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engines.watermark import (
+from vivify.engines.provenance.watermark import (
     CODED_BITS,
     DETECTION_Z,
     MAX_DELTA,
@@ -94,8 +94,8 @@ def camera_clip(image: np.ndarray, n: int = CLIP_FRAMES, size: tuple[int, int] =
 
 def render_clip(renderer, n: int = CLIP_FRAMES, seed: int = 0) -> Frames:  # type: ignore[no-untyped-def]
     """A talking-head render: the baseline driver on speech-like modulated noise."""
-    from engines.baseline_driver import BaselineConfig, BaselineDriver
-    from engines.motion import clip_motion
+    from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
+    from vivify.engines.motion.vector import clip_motion
 
     rng = np.random.default_rng(seed)
     sr = 16_000
@@ -410,9 +410,9 @@ def _measure(trials: int, null_clips: int, keys: int,
              first_null_clip: int = 0) -> None:  # pragma: no cover - manual
     import time
 
-    from engines.avatar import AvatarPreparer
-    from engines.default_avatar import default_portrait_path
-    from engines.renderer import Renderer
+    from vivify.engines.avatar.default_avatar import default_portrait_path
+    from vivify.engines.avatar.pack import AvatarPreparer
+    from vivify.engines.render.renderer import Renderer
 
     renderer = Renderer(AvatarPreparer().prepare(default_portrait_path(), size=512))
     frame = render_clip(renderer, n=1)[0]
@@ -515,7 +515,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def test_disclosure_label_placement_and_config(render_frames: Frames) -> None:
-    from engines.disclosure import DisclosureConfig, DisclosureLabel
+    from vivify.engines.provenance.disclosure import DisclosureConfig, DisclosureLabel
 
     frame = render_frames[0]
     for position in ("top-left", "top-right", "bottom-left", "bottom-right"):
@@ -538,7 +538,7 @@ def test_disclosure_label_placement_and_config(render_frames: Frames) -> None:
 
 def test_label_then_mark_keeps_both(render_frames: Frames, marker: Watermarker) -> None:
     """The order the pipeline uses: label first, then the mark over every pixel."""
-    from engines.disclosure import DisclosureLabel
+    from vivify.engines.provenance.disclosure import DisclosureLabel
 
     label = DisclosureLabel()
     frames = [marker.apply(label.apply(f)) for f in render_frames[:10]]

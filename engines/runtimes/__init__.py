@@ -5,12 +5,12 @@ model manifest. Heavy libraries (torch, TensorRT, Polygraphy) are imported lazil
 runner that needs them. See docs/engines.md.
 """
 
-from engines.runtimes.base import Runner
-from engines.runtimes.errors import InputMismatchError, MissingRuntimeError
-from engines.runtimes.manifest import ManifestMismatchError, ModelManifest, TensorSpec
-from engines.runtimes.ort_runner import OrtConfig, OrtRunner
-from engines.runtimes.profiles import ProfileConfig, profile_shapes
-from engines.runtimes.select import (
+from vivify.engines.runtimes.base import Runner
+from vivify.engines.runtimes.errors import InputMismatchError, MissingRuntimeError
+from vivify.engines.runtimes.manifest import ManifestMismatchError, ModelManifest, TensorSpec
+from vivify.engines.runtimes.ort_runner import OrtConfig, OrtRunner
+from vivify.engines.runtimes.profiles import ProfileConfig, profile_shapes
+from vivify.engines.runtimes.select import (
     RUNTIMES,
     Availability,
     RuntimeChoice,

@@ -1,7 +1,7 @@
 """The one runner interface (Polygraphy's shape): ``activate`` / ``infer`` / ``deactivate``.
 
 Every runtime (ONNX Runtime on any provider, native TensorRT, torch on CUDA) is a ``Runner``
-loaded from a :class:`~engines.runtimes.manifest.ModelManifest`. ``infer`` checks the feeds
+loaded from a :class:`~vivify.engines.runtimes.manifest.ModelManifest`. ``infer`` checks the feeds
 against the manifest before the engine sees them, so a wrong shape fails with the input's name
 rather than deep inside a GPU kernel. ``pin`` keeps inputs that do not change between calls (the
 renderer's avatar bank) attached to the runner, on the device where the runtime can.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.runtimes.manifest import ModelManifest
+from vivify.engines.runtimes.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
 

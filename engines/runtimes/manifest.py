@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.model_store import sha256_file
-from engines.motion import RIG_VERSION
-from engines.runtimes.errors import InputMismatchError
+from vivify.engines.avatar.model_store import sha256_file
+from vivify.engines.motion.vector import RIG_VERSION
+from vivify.engines.runtimes.errors import InputMismatchError
 
 Dim = int | str
 

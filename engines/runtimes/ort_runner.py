@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from engines.runtimes.base import Runner
-from engines.runtimes.errors import MissingRuntimeError
-from engines.runtimes.manifest import ModelManifest
-from engines.runtimes.profiles import ProfileConfig, profile_shapes
+from vivify.engines.runtimes.base import Runner
+from vivify.engines.runtimes.errors import MissingRuntimeError
+from vivify.engines.runtimes.manifest import ModelManifest
+from vivify.engines.runtimes.profiles import ProfileConfig, profile_shapes
 
 PROVIDERS = {
     "cpu": ("CPUExecutionProvider",),

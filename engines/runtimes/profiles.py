@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engines.runtimes.manifest import ModelManifest
+from vivify.engines.runtimes.manifest import ModelManifest
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engines import face_topology as ft
-from engines.motion import MOTION_DIM, RIG_VERSION, motion
-from engines.rig import Rig
-from engines.warp import ThinPlateFlow
+from vivify.engines.avatar import face_topology as ft
+from vivify.engines.motion.vector import MOTION_DIM, RIG_VERSION, motion
+from vivify.engines.render.rig import Rig
+from vivify.engines.render.warp import ThinPlateFlow
 
 if TYPE_CHECKING:  # the pack's type only: preparing avatars (LiteRT) is not needed to render
-    from engines.avatar import AvatarPack
+    from vivify.engines.avatar.pack import AvatarPack
 
 BANK_VERSION = "bank-1"
 # rig_params layout: face axes (ex, ey) rows, pivot (x, y, z), scale s, eye widths (right, left)
@@ -41,7 +41,7 @@ IMAGE_PLATES = ("crop", "crop_no_iris", "crop_lids")  # 3 channels each, stacked
 # Fixed layer regions, fractions of the crop side: (x0, y0, x1, y1).
 MOUTH_REGION = (0.20, 0.42, 0.80, 0.92)
 EYES_REGION = (0.18, 0.22, 0.82, 0.60)
-LID_MARGIN = 0.12  # × eye distance, as engines.layers.composite_lids
+LID_MARGIN = 0.12  # × eye distance, as vivify.engines.render.layers.composite_lids
 BANK_INPUTS = ("source", "basis", "rig_params", "phi", "images", "palette")
 
 
@@ -68,7 +68,7 @@ class GraphGeometry:
 
     @property
     def n_points(self) -> int:
-        return ft.N_LANDMARKS + 32  # landmarks + halo points (engines.rig)
+        return ft.N_LANDMARKS + 32  # landmarks + halo points (vivify.engines.render.rig)
 
     @property
     def controls(self) -> np.ndarray:

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.runtimes.base import Runner
-from engines.runtimes.errors import MissingRuntimeError
-from engines.runtimes.manifest import ModelManifest
-from engines.runtimes.ort_runner import OrtConfig, OrtRunner, available_providers
+from vivify.engines.runtimes.base import Runner
+from vivify.engines.runtimes.errors import MissingRuntimeError
+from vivify.engines.runtimes.manifest import ModelManifest
+from vivify.engines.runtimes.ort_runner import OrtConfig, OrtRunner, available_providers
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ def create_runner(manifest: ModelManifest, runtime: str = "auto",
     if name.startswith("ort-"):
         return OrtRunner(manifest, OrtConfig(provider=name[4:], threads=threads, **options))
     if name == "tensorrt":
-        from engines.runtimes.tensorrt_runner import TensorRTConfig, TensorRTRunner
+        from vivify.engines.runtimes.tensorrt_runner import TensorRTConfig, TensorRTRunner
 
         return TensorRTRunner(manifest, TensorRTConfig(**options))
-    from engines.runtimes.torch_runner import TorchConfig, TorchRunner
+    from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
     return TorchRunner(manifest, TorchConfig(device="cuda", **options))

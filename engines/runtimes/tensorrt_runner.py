@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from engines.runtimes.base import Runner
-from engines.runtimes.errors import MissingRuntimeError
-from engines.runtimes.manifest import ModelManifest
-from engines.runtimes.profiles import ProfileConfig, profile_shapes
+from vivify.engines.runtimes.base import Runner
+from vivify.engines.runtimes.errors import MissingRuntimeError
+from vivify.engines.runtimes.manifest import ModelManifest
+from vivify.engines.runtimes.profiles import ProfileConfig, profile_shapes
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class TensorRTRunner(Runner):
             parsed: Any = NetworkFromOnnxPath(str(self.manifest.onnx_path))
             fp32 = self.geometry_layers()
             if fp32:
-                from engines.runtimes.precision import keep_fp32
+                from vivify.engines.runtimes.precision import keep_fp32
 
                 parsed = PostprocessNetwork(  # Polygraphy passes the parsed `network=` by name
                     parsed, lambda network: keep_fp32(network, fp32, trt), name="fp32-geometry")

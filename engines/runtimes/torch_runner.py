@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.runtimes.base import Runner
-from engines.runtimes.errors import MissingRuntimeError
-from engines.runtimes.manifest import ModelManifest
+from vivify.engines.runtimes.base import Runner
+from vivify.engines.runtimes.errors import MissingRuntimeError
+from vivify.engines.runtimes.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""``python -m export.data.build``: make the corpus (``make data``), reproducible from a seed.
+"""``python -m vivify.export.data.build``: make the corpus (``make data``), reproducible from a
+seed.
 
 Clip kinds: speech (1–2 espeak sentences with pauses, room noise and breaths sometimes),
 festival (a sentence from a Debian festival voice, segment times from festival itself),
@@ -30,11 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio_io import SAMPLES_PER_FRAME
-from engines.motion_generator import log_mel_frames
-from export.data import augment as aug
-from export.data import labels as lab
-from export.data.text import EVAL_SENTENCE_BASE, TRAIN_SENTENCE_BASE, sentence
+from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
+from vivify.engines.motion.generator import log_mel_frames
+from vivify.export.data import augment as aug
+from vivify.export.data import labels as lab
+from vivify.export.data.text import EVAL_SENTENCE_BASE, TRAIN_SENTENCE_BASE, sentence
 
 RATE = 16_000
 TRAIN_VOICES = ("en-us", "en-us+m3", "en-us+f2", "en-us+f4", "en-gb-x-rp", "en-gb-x-rp+f1",
@@ -59,7 +60,7 @@ _KLETTRES: list | None = None
 def _espeak():  # one synthesiser per worker process
     global _ESPEAK
     if _ESPEAK is None:
-        from export.data.synth import Espeak
+        from vivify.export.data.synth import Espeak
         _ESPEAK = Espeak()
     return _ESPEAK
 
@@ -67,13 +68,13 @@ def _espeak():  # one synthesiser per worker process
 def _festival():
     global _FESTIVAL
     if _FESTIVAL is None:
-        from export.data.festival import Festival
+        from vivify.export.data.festival import Festival
         _FESTIVAL = Festival()
     return _FESTIVAL
 
 
 def festival_train_voices() -> list[str]:
-    from export.data.festival import available_voices
+    from vivify.export.data.festival import available_voices
 
     return [v for v in available_voices() if v not in FESTIVAL_EVAL_VOICES]
 
@@ -81,7 +82,7 @@ def festival_train_voices() -> list[str]:
 def klettres_train_recordings() -> list:
     global _KLETTRES
     if _KLETTRES is None:
-        from export.data import klettres
+        from vivify.export.data import klettres
 
         _KLETTRES = ([r for r in klettres.recordings()
                       if r.language not in KLETTRES_EVAL_LANGUAGES]
@@ -109,7 +110,7 @@ def _with_pauses(parts: list[tuple[np.ndarray, list[tuple[float, float, str]]]],
 
 def _festival_speech(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float,
                                                                               str]], str]:
-    from export.data.festival import VOICES, sentence
+    from vivify.export.data.festival import VOICES, sentence
 
     voice = str(rng.choice(festival_train_voices()))
     text = sentence(VOICES[voice].language, TRAIN_SENTENCE_BASE + int(rng.integers(0, 100_000)))
@@ -120,7 +121,7 @@ def _festival_speech(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[f
 
 def _klettres_speech(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float,
                                                                               str]], str]:
-    from export.data import klettres
+    from vivify.export.data import klettres
 
     recs = klettres_train_recordings()
     language = str(rng.choice(sorted({r.language for r in recs})))

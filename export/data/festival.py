@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 
-from export.data import text as text_mod
-from export.data.augment import resample
-from export.data.labels import VISEMES
+from vivify.export.data import text as text_mod
+from vivify.export.data.augment import resample
+from vivify.export.data.labels import VISEMES
 
 LOG = logging.getLogger(__name__)
 RATE = 16_000
@@ -217,7 +217,7 @@ SENTENCE_WORDS: dict[str, str] = {
 
 
 def sentence(language: str, sentence_id: int) -> str:
-    """The sentence with this id: English from export.data.text, others from word lists.
+    """The sentence with this id: English from vivify.export.data.text, others from word lists.
 
     A pure function of (language, id), with text.py's disjoint training/evaluation id ranges.
     """

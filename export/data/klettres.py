@@ -54,10 +54,10 @@ from typing import Any
 
 import numpy as np
 
-from engines.audio_io import SAMPLE_RATE
-from engines.motion_generator import MEL_FMAX_HZ, MEL_FMIN_HZ, mel_filterbank
-from export.data import labels as lab
-from export.data.festival import LabelledClip  # the one labelled-clip type of every source
+from vivify.engines.audio.audio_io import SAMPLE_RATE
+from vivify.engines.motion.generator import MEL_FMAX_HZ, MEL_FMIN_HZ, mel_filterbank
+from vivify.export.data import labels as lab
+from vivify.export.data.festival import LabelledClip  # the one labelled-clip type of every source
 
 KLETTRES_DIR = Path("/usr/share/klettres")
 APT_PACKAGE = "klettres-data"  # Debian/Ubuntu; 40 MB download, 50 MB installed
@@ -259,7 +259,7 @@ def load(path: Path) -> np.ndarray:
     libVorbis 1.0) make ffmpeg's demuxer give up, and libsndfile reads them."""
     import av
 
-    from engines.audio_io import AudioDecodeError, load_audio
+    from vivify.engines.audio.audio_io import AudioDecodeError, load_audio
 
     try:
         return load_audio(path)
@@ -468,7 +468,7 @@ def _private_lib() -> Path:
         import shutil
         import tempfile
 
-        from export.data.synth import ESPEAK_LIB
+        from vivify.export.data.synth import ESPEAK_LIB
 
         handle = ctypes.CDLL(ESPEAK_LIB)  # resolve the installed file through the loader
         src = _loaded_path(handle) or ctypes.util.find_library("espeak-ng")
@@ -501,7 +501,7 @@ def _synthesise(text: str, voice: str, rate_wpm: int
     espeak emits them: ``Espeak.say`` sorts them by (sample, name)."""
     import _ctypes
 
-    from export.data.synth import (
+    from vivify.export.data.synth import (
         _CALLBACK,
         AUDIO_OUTPUT_SYNCHRONOUS,
         EVENT_LIST_TERMINATED,

@@ -23,8 +23,9 @@ import math
 
 import numpy as np
 
-from engines.audio_io import FPS
-from engines.motion import EMOTIONS, INDEX, MOTION_DIM, clip_motion, emotion_offset
+from vivify.engines.audio.audio_io import FPS
+from vivify.engines.motion.generator import CONTROL_NAMES
+from vivify.engines.motion.vector import EMOTIONS, INDEX, MOTION_DIM, clip_motion, emotion_offset
 
 MOUTH = ("jaw_open", "lip_stretch", "lip_round", "upper_lip_raise", "lower_lip_depress",
          "lip_press")
@@ -228,8 +229,6 @@ def life_labels(segs: list[tuple[float, float, str]], n_frames: int,
     return out.astype(np.float32)
 
 
-CONTROL_NAMES = ("gaze_x", "gaze_y", "distance", *[f"emotion_{e}" for e in EMOTIONS
-                                                    if e != "neutral"])
 CONTROL_DIM = len(CONTROL_NAMES)  # 2 gaze + 1 head distance + 4 emotion intensities
 
 

@@ -11,7 +11,8 @@ without HTTP or WebRTC in between.
   workers and the cross-session batching with every other session of that server.
 - :class:`AvatarSession` is one avatar: ``push_audio`` (int16 or float32, any sample rate,
   resampled to 16 kHz), ``segment_end``, ``interrupt``, ``set_controls``; ``pairs()`` yields
-  one :class:`~streamer.media.AVPair` per 40 ms frame (the image and the 640 samples of
+  one :class:`~vivify.streamer.media.session_media.AVPair` per 40 ms frame (the image and the 640
+  samples of
   16 kHz audio that belong to it), paced in real time by the session's one pacing point;
   ``events()`` yields ``playback_started`` / ``playback_finished`` (with ``position_ms``
   and ``interrupted``) and ``error`` events, as the WebSocket API does.
@@ -30,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from engines.audio_io import SAMPLE_RATE
-from streamer.config import ServerConfig
-from streamer.media import AVPair
-from streamer.sessions import Session, SessionManager, VideoOptions
+from vivify.engines.audio.audio_io import SAMPLE_RATE
+from vivify.streamer.media.session_media import AVPair
+from vivify.streamer.server.config import ServerConfig
+from vivify.streamer.server.sessions import Session, SessionManager, VideoOptions
 
 EVENT_QUEUE = 256  # events a plugin may leave unread before the oldest are dropped
 
@@ -179,7 +180,8 @@ class AvatarSession(SessionStreams):
     def set_controls(self, *, emotion: str | None = None, intensity: float | None = None,
                      gaze: tuple[float, float] | None = None,
                      distance: float | None = None) -> None:
-        """VASA-1 style controls; clamped by the engine (streamer.media.Controls)."""
+        """VASA-1 style controls; clamped by the engine
+        (vivify.streamer.media.session_media.Controls)."""
         c = self._session.media.controls
         if emotion is not None:
             c.emotion = emotion
@@ -214,7 +216,7 @@ class LocalAvatars:
                     home: Path | None = None) -> LocalAvatars:
         """Standalone engines: what ``vivify serve`` runs, without its HTTP server (the face
         models, the default avatar, the driver chosen in ``config``)."""
-        from streamer.server import build
+        from vivify.streamer.server.serve import build
 
         config = config or ServerConfig(max_sessions=4, session_idle_timeout=0)
         app, manager = build(config, home=home)
@@ -224,7 +226,8 @@ class LocalAvatars:
 
     async def open(self, avatar: str = "default", label: bool | None = None,
                    codec: str = "vp8") -> AvatarSession:
-        """A new avatar session (admission applies: ``streamer.errors.Full`` when the engines
+        """A new avatar session (admission applies: ``vivify.streamer.server.errors.Full`` when the
+        engines
         are at capacity; ``NotFound`` for an unknown avatar)."""
         self.manager.avatars.get(avatar)
         session, _ = await self.manager.create(

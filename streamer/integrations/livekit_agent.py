@@ -15,7 +15,7 @@ participant, and starts the avatar:
 - **remote** (``server_url`` or ``VIVIFY_URL``): a running ``vivify serve`` joins the room
   (``POST /v1/livekit/sessions``); its engines batch this avatar with all its other sessions;
 - **in-process** (otherwise): a worker task in this process joins the room as the avatar, on
-  :class:`~streamer.integrations.avatar_session.LocalAvatars` (given, or started here).
+  :class:`~vivify.streamer.integrations.avatar_session.LocalAvatars` (given, or started here).
 
 Either way the avatar side is streamer/integrations/livekit_worker.py; nothing of the agent's
 audio path differs. Requires the LiveKit extra: ``pip install '.[livekit]'``.
@@ -36,8 +36,8 @@ from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
 from livekit.agents.voice.avatar import AvatarSession as BaseAvatarSession
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 
-from streamer.integrations.avatar_session import LocalAvatars
-from streamer.integrations.livekit_worker import LiveKitAvatarWorker, RoomFactory, join_room
+from vivify.streamer.integrations.avatar_session import LocalAvatars
+from vivify.streamer.integrations.livekit_worker import LiveKitAvatarWorker, RoomFactory, join_room
 
 log = logging.getLogger(__name__)
 

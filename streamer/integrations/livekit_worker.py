@@ -3,7 +3,7 @@
 A LiveKit agent with an avatar plugin does not publish its own audio: it streams its TTS to an
 avatar participant, which publishes the face and the voice on the agent's behalf. The wire
 protocol (livekit-agents ``voice/avatar``) is small, and maps one to one onto an
-:class:`~streamer.integrations.avatar_session.AvatarSession`:
+:class:`~vivify.streamer.integrations.avatar_session.AvatarSession`:
 
 =============================================  ===========================================
 agent → avatar                                 here
@@ -25,7 +25,8 @@ utterance while the last one plays; it expects one ``playback_finished`` per str
 So a segment is held here until the one before it has finished; the position reported is the
 seconds of audio the agent sent.
 
-Video and audio go out together: each played :class:`~streamer.media.AVPair` (one frame and
+Video and audio go out together: each played :class:`~vivify.streamer.media.session_media.AVPair`
+(one frame and
 its 40 ms of audio, paced in real time by the session) is pushed as a video frame and an audio
 frame through ``rtc.AVSynchronizer``, so the lips stay on the voice.
 
@@ -50,19 +51,19 @@ import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from engines.audio_io import SAMPLE_RATE
-from streamer.errors import ApiError, Conflict
-from streamer.integrations.avatar_session import (
+from vivify.engines.audio.audio_io import SAMPLE_RATE
+from vivify.streamer.integrations.avatar_session import (
     AvatarSession,
     LocalAvatars,
     Resampler,
     to_mono_float,
 )
+from vivify.streamer.server.errors import ApiError, Conflict
 
 if TYPE_CHECKING:
     from livekit import rtc
 
-    from streamer.sessions import SessionManager
+    from vivify.streamer.server.sessions import SessionManager
 
 log = logging.getLogger(__name__)
 

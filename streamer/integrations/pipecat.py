@@ -8,7 +8,8 @@ drops what is queued on ``InterruptionFrame``; every 40 ms it pushes an ``Output
 Why the TTS audio is not passed on: the TTS runs faster than real time and the transport plays
 its audio as it comes, while the face needs generating first. Passed on as well, the audio would
 lead the lips by the engine's latency and drift with every stall. Here both come from the one
-source, the session's pairs (streamer.media: a frame carries its own audio), so downstream they
+source, the session's pairs (vivify.streamer.media.session_media: a frame carries its own audio),
+so downstream they
 can only be late together. ``SpeechOutputAudioRawFrame`` is Pipecat's type for such a
 continuous stream with silences in it: the output transport tells the bot speaking from the
 silence itself. Each 40 ms block is resampled to the transport's rate here, one whole output
@@ -60,15 +61,15 @@ try:
     )
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"streamer.integrations.pipecat needs Pipecat ({exc.name} is missing): "
+        f"vivify.streamer.integrations.pipecat needs Pipecat ({exc.name} is missing): "
         "pip install '.[pipecat]'") from exc
 
-from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
-from streamer.integrations.avatar_session import to_mono_float
-from streamer.media import FPS, AVPair
+from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
+from vivify.streamer.integrations.avatar_session import to_mono_float
+from vivify.streamer.media.session_media import FPS, AVPair
 
 if TYPE_CHECKING:
-    from streamer.config import ServerConfig
+    from vivify.streamer.server.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +251,10 @@ class VivifyVideoService(FrameProcessor):
 
     async def _new_backend(self) -> Avatars:
         if self._url is not None:
-            from streamer.integrations.remote import RemoteAvatars
+            from vivify.streamer.integrations.remote import RemoteAvatars
 
             return RemoteAvatars(self._url, self._token)
-        from streamer.integrations.avatar_session import LocalAvatars
+        from vivify.streamer.integrations.avatar_session import LocalAvatars
 
         return await LocalAvatars.start(self._config, self._home)
 

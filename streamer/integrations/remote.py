@@ -2,7 +2,7 @@
 
 A plugin that runs its voice agent on one machine and Vivify on another (a GPU box, a shared
 server) opens a *broadcast* session over the public API (docs/api.md) and drives it the way
-:class:`~streamer.integrations.avatar_session.AvatarSession` is driven:
+:class:`~vivify.streamer.integrations.avatar_session.AvatarSession` is driven:
 
 - the session's video and audio come back over WebRTC to an aiortc peer in this process; ICE
   gathers only the servers given here (none by default: host candidates), never aiortc's default
@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME, float_to_pcm16
-from streamer.integrations.avatar_session import Resampler, SessionStreams, to_mono_float
-from streamer.media import FPS, AVPair
+from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME, float_to_pcm16
+from vivify.streamer.integrations.avatar_session import Resampler, SessionStreams, to_mono_float
+from vivify.streamer.media.session_media import FPS, AVPair
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class PairAssembler:
     """
 
     def __init__(self, max_wait: float = MAX_WAIT_S) -> None:
-        from streamer.talk import MediaTimeline
+        from vivify.streamer.cli.talk import MediaTimeline
 
         self.max_wait = max_wait
         self._video_time = MediaTimeline()
@@ -194,7 +194,7 @@ class RemoteAvatarSession(SessionStreams):
         return self._closed
 
     def _start(self) -> None:
-        from streamer.rtc import shorten_audio_jitter_buffer
+        from vivify.streamer.rtc.peer import shorten_audio_jitter_buffer
 
         for receiver in self._pc.getReceivers():
             track = receiver.track
@@ -325,7 +325,7 @@ class RemoteAvatarSession(SessionStreams):
 
 class RemoteAvatars:
     """A running ``vivify serve`` as a source of avatar sessions (the remote counterpart of
-    :class:`~streamer.integrations.avatar_session.LocalAvatars`)."""
+    :class:`~vivify.streamer.integrations.avatar_session.LocalAvatars`)."""
 
     def __init__(self, url: str, token: str | None = None, *,
                  ice_servers: tuple[str, ...] = (), timeout: float = 30.0) -> None:

@@ -1,0 +1,1 @@
+"""The browser client, served by ``vivify serve`` (package data, read with importlib.resources)."""

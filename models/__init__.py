@@ -1,0 +1,1 @@
+"""Model files that ship with the package (read with importlib.resources)."""
