@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vivify.engines.audio.audio_io import pcm16_to_float
-from vivify.engines.audio.espeak import synthesize
+from vivify.engines.audio.espeak import VoiceFailed, VoiceUnavailable, synthesize
 from vivify.engines.errors import AvatarInputError
 from vivify.streamer.server.avatars import CONSENT_STATEMENT, ConsentRecord
 from vivify.streamer.server.errors import ApiError, TooLarge
@@ -266,7 +266,12 @@ def create_app(manager: SessionManager, token: str | None = None,
         """Say ``text`` with the built-in demo voice (espeak-ng), as if an agent sent it."""
         session = manager.get(session_id)
         session.touch()
-        audio = await synthesize(body.text, body.voice)
+        try:
+            audio = await synthesize(body.text, body.voice)
+        except VoiceUnavailable as exc:
+            raise ApiError(str(exc), code=exc.code, status=503) from exc
+        except VoiceFailed as exc:
+            raise ApiError(str(exc), code=exc.code, status=422) from exc
         try:
             session.media.push_audio(audio)
         except OverflowError as exc:
