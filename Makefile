@@ -14,6 +14,9 @@ DATA_PACKAGES_TEST := festival festvox-kdlpc16k festvox-italp16k klettres-data
 DATA_PACKAGES := $(DATA_PACKAGES_TEST) festvox-itapc16k festvox-czech-ph festvox-czech-dita \
 	festvox-czech-krb festvox-czech-machac festvox-ru festvox-suopuhe-lj festvox-suopuhe-mv \
 	festvox-ca-ona-hts festvox-hi-nsk festival-hi festvox-mr-nsk festival-mr festvox-te-nsk festival-te
+# The SFU viewers go through (issue 18): the tests and bench-cluster start a loopback-only Janus
+# with VideoRoom and the HTTP transport only (streamer/sfu/launcher.py; 13 MB with its libraries).
+SFU_PACKAGES := janus
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: setup run test lint typecheck demo clean system-deps bench bench-quick bench-soak bench-stages bench-browser bench-compare bench-loopback bench-loopback-quick fuzz
@@ -31,9 +34,12 @@ define apt_no_recommends
 	fi
 endef
 
-.PHONY: data-deps data-deps-test
+.PHONY: data-deps data-deps-test sfu-deps
 data-deps-test:
 	$(call apt_no_recommends,$(DATA_PACKAGES_TEST))
+
+sfu-deps:
+	$(call apt_no_recommends,$(SFU_PACKAGES))
 
 data-deps:
 	$(call apt_no_recommends,$(DATA_PACKAGES))
@@ -75,7 +81,7 @@ demo: setup
 
 # The tests also need the export side (torch CPU wheel, onnx, scipy): CI trains a tiny generator
 # config for a few steps and checks the ONNX export, so the recipe stays honest.
-test: setup $(STAMPS)/export data-deps-test
+test: setup $(STAMPS)/export data-deps-test sfu-deps
 	$(PY) -m pytest -q
 
 # mypy sees the ``vivify`` namespace through links in build/typing (see pyproject.toml).
@@ -121,6 +127,14 @@ fuzz: setup
 # Server memory over 10 minutes of sessions opening and closing (not part of `make bench`).
 bench-soak: setup
 	$(PY) -m bench.soak
+
+# One `vivify serve` vs `vivify cluster` (one node per core on a local Ray), loopback WebRTC:
+# sessions held at 25 fps, spread, spill-over, recovery after a node kill, viewers via Janus
+# (issue 18). ~5 min; JSON in bench/results/cluster-<time>.json. Installs Ray if missing.
+.PHONY: bench-cluster
+bench-cluster: setup sfu-deps
+	@$(PY) -c "import ray" 2>/dev/null || $(PY) -m pip install -q -e '.[cluster]'
+	$(PY) -m bench.cluster $(CLUSTER_FLAGS)
 
 # Browser-side figures: click → first frame (median of 5) and 30 s of call mode from getStats().
 bench-browser: setup

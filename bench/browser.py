@@ -1,7 +1,8 @@
 """Browser-side figures for the client (issue 5): click → first frame, and 30 s of call mode.
 
-Starts `vivify serve` on a free loopback port, drives Debian's Chromium with Playwright and a
-generated espeak-ng wav as the fake microphone, and reads the browser's own getStats().
+Starts `vivify serve` on a free loopback port (bench/harness/server.py), drives Debian's Chromium
+with Playwright and a generated espeak-ng wav as the fake microphone, and reads the browser's
+own getStats().
 Writes bench/results/browser-<time>.json and prints a summary.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -18,8 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
+
+if __package__ in (None, ""):  # run as ``python bench/browser.py``: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness.server import LiveServer
 
 CALL_SECONDS = 30
 STARTS = 5
@@ -29,22 +33,15 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--autoplay-policy=no-user-gesture-required"]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from vivify.engines.audio.audio_io import load_audio
+    from vivify.engines.audio.espeak import speak
 
     tmp = Path(tempfile.mkdtemp())
-    speech = tmp / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(speech), "Hello there! Peter bought a big bottle of "
-                    "milk today, and then he sang about the sea."], check=True)
-    audio = load_audio(speech)
+    # espeak-ng's own default voice and speed, as this benchmark always used.
+    audio = speak("Hello there! Peter bought a big bottle of milk today, and then he sang "
+                  "about the sea.", voice="en", speed=175)
     mic = tmp / "mic.wav"
     import wave
     with wave.open(str(mic), "wb") as w:
@@ -53,18 +50,10 @@ def main() -> None:
         w.setframerate(16000)
         pcm = np.concatenate([np.zeros(16000, np.float32), audio])
         w.writeframes((np.clip(pcm, -1, 1) * 32767).astype(np.int16).tobytes())
-    port = _port()
-    server = subprocess.Popen([sys.executable, "-m", "vivify.streamer.cli", "serve", "--port",
-                               str(port), "--max-sessions", "4"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
+    server = LiveServer(tmp / "home", ["--max-sessions", "4"])
+    url = f"{server.url}/"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        server.start()
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                   args=[*ARGS, f"--use-file-for-fake-audio-capture={mic}"])
@@ -92,8 +81,7 @@ def main() -> None:
             page.click("#stop")
             b.close()
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        server.stop(timeout=20)
     fps = [s["fps"] for s in samples[3:] if s and s.get("fps") is not None]
     jb = [s["jitterBufferMs"] for s in samples[3:] if s and s.get("jitterBufferMs") is not None]
     srv = [s["serverLatencyMs"] for s in samples[3:] if s and s.get("serverLatencyMs")]

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import REPO, machine_info
+from bench.harness.machine import REPO, machine_info
 from vivify.engines.motion.generator import DEFAULT_MANIFEST
 from vivify.engines.render.graph_renderer import to_uint8
 from vivify.engines.runtimes import RUNTIMES, ModelManifest, Runner, create_runner, select_runtime

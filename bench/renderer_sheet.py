@@ -29,10 +29,14 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import cv2
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from vivify.engines.avatar.pack import AvatarPack
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPES: dict[str, dict[str, float]] = {
@@ -52,7 +56,8 @@ TILE = (150, 110, 370, 440)  # x0, y0, x1, y1 in the 512² crop: eyes to chin
 def hopper() -> np.ndarray:
     import matplotlib.cbook
 
-    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+    # get_sample_data is typed as "array or file"; for a .jpg it is a file.
+    with cast(IO[bytes], matplotlib.cbook.get_sample_data("grace_hopper.jpg")) as f:
         return np.asarray(Image.open(f).convert("RGB"))
 
 
@@ -105,14 +110,14 @@ def label(tile: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def contact_sheet(packs: dict[str, object], path: Path) -> None:
+def contact_sheet(packs: dict[str, AvatarPack], path: Path) -> None:
     from vivify.engines.motion.vector import motion
     from vivify.engines.render.renderer import Renderer
 
     x0, y0, x1, y1 = TILE
     rows = []
     for name, pack in packs.items():
-        renderer = Renderer(pack)  # type: ignore[arg-type]
+        renderer = Renderer(pack)
         tiles = [label(renderer.render(motion(**values)).image[y0:y1, x0:x1],
                        f"{name} {shape}" if shape == "rest" else shape)
                  for shape, values in SHAPES.items()]
@@ -123,7 +128,7 @@ def contact_sheet(packs: dict[str, object], path: Path) -> None:
     print(f"wrote {path} ({sheet.shape[1]}×{sheet.shape[0]})")
 
 
-def mouth_metrics(packs: dict[str, object]) -> dict[str, dict[str, float]]:
+def mouth_metrics(packs: dict[str, AvatarPack]) -> dict[str, dict[str, Any]]:
     """What an open vowel shows, measured on the rendered AA frame of each portrait.
 
     Inside the rendered inner-lip opening: ``teeth`` is the share of bright, pale pixels
@@ -136,18 +141,18 @@ def mouth_metrics(packs: dict[str, object]) -> dict[str, dict[str, float]]:
     from vivify.engines.motion.vector import motion
     from vivify.engines.render.renderer import Renderer
 
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, pack in packs.items():
-        renderer = Renderer(pack)  # type: ignore[arg-type]
+        renderer = Renderer(pack)
         frame = renderer.render(motion(**SHAPES["AA"]))
         points = frame.pose.points
         inner = np.concatenate([points[list(ft.LIPS_UPPER_INNER)],
                                 points[list(ft.LIPS_LOWER_INNER)][::-1]])
-        mask = np.zeros(frame.image.shape[:2], np.uint8)
-        cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 255)
-        mask = cv2.erode(mask, np.ones((3, 3), np.uint8))
+        polygon = np.zeros(frame.image.shape[:2], np.uint8)
+        cv2.fillPoly(polygon, [np.round(inner).astype(np.int32)], 255)
+        mask: np.ndarray = cv2.erode(polygon, np.ones((3, 3), np.uint8))
         px = frame.image[mask > 0].astype(np.float32)
-        skin = float(np.max(pack.palette["skin"]))  # type: ignore[attr-defined]
+        skin = float(np.max(pack.palette["skin"]))
         value = px.max(axis=1)
         sat = (value - px.min(axis=1)) / np.maximum(value, 1)
         teeth = (value >= 0.75 * skin) & (sat <= 0.35)
@@ -164,7 +169,7 @@ def mouth_metrics(packs: dict[str, object]) -> dict[str, dict[str, float]]:
             "cavity": round(float((value <= 0.35 * skin).mean()), 3),
             "lip_thickness": round(min(up_a / max(up_r, 1e-6), lo_a / max(lo_r, 1e-6)), 2),
         }
-    return out  # type: ignore[return-value]
+    return out
 
 
 def clips(portraits: dict[str, np.ndarray], out_dir: Path) -> None:

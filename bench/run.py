@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import report as report_mod
-from bench.machine import REPO, machine_info
+from bench.harness.machine import REPO, machine_info
+from bench.harness.results import write_json
 
 RESULTS = REPO / "bench" / "results"
 PARTS = ("stages", "loopback")
@@ -185,12 +186,6 @@ def collect(bench: dict[str, Any], part: str, path: Path, status: dict[str, Any]
     elif data is None:
         bench["failed"].append(part)
         bench["part_errors"].setdefault(part, f"wrote no JSON at {path}")
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
 
 
 def run(plan: Plan, out_dir: Path, latest: Path | None = None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``make bench-soak``: is the server's memory flat over a long run with sessions coming and going?
 
 ``python -m bench.soak`` (10 min; ``--minutes`` to change). The real server runs in a child
-process (bench/loopback.py's ``ServerProcess``); ``--sessions`` slots each open a mirror
+process (bench/loopback.py's ``loopback_server``); ``--sessions`` slots each open a mirror
 session from an aiortc peer that speaks the loopback benchmark's cycling signal, keep it for
 ``--session-seconds``, close it and open the next one at once, slots staggered so sessions
 start and end all through the run. The server's RSS (VmRSS of its one process: the workers are
@@ -30,8 +30,14 @@ from typing import Any
 import numpy as np
 
 from bench import loopback as lb
-from bench.machine import REPO, machine_info
+from bench.harness.machine import REPO, machine_info
+from bench.harness.peers import SEND_RATE, Peer
+from bench.harness.procfs import RssSeries
+from bench.harness.results import frame_rate
+from bench.harness.runner import log
 from bench.report import plot_rss
+from bench.signals import cycle_signal, speech_clips
+from vivify.streamer.client import ApiClient
 
 FLAT_MIB = 10.0
 FLAT_FRACTION = 0.02
@@ -59,9 +65,11 @@ def flatness(series: Sequence[Sequence[float]], warmup_s: float) -> dict[str, An
 class Soak:
     """Cycles sessions against one server and records its memory."""
 
-    def __init__(self, bench: lb.Bench, minutes: float, sessions: int,
+    def __init__(self, url: str, rss: RssSeries, minutes: float, sessions: int,
                  session_s: float) -> None:
-        self.bench = bench
+        self.url = url
+        self.rss = rss
+        self.clips = speech_clips(SEND_RATE)
         self.duration = minutes * 60.0
         self.slots = sessions
         self.session_s = session_s
@@ -82,12 +90,11 @@ class Soak:
         end = self.t0 + self.duration
         while time.monotonic() + 5.0 < end:
             hold = min(self.session_s, end - time.monotonic())
-            signal, _ = lb.cycle_signal(hold + 5.0, lb.SEND_RATE, self.bench.clips,
-                                        lead_s=1.0 + 0.3 * k)
-            peer = lb.Peer(signal)
+            signal, _ = cycle_signal(hold + 5.0, SEND_RATE, self.clips, lead_s=1.0 + 0.3 * k)
+            peer = Peer(signal)
             try:
-                async with self.bench.http() as c:
-                    await peer.open(c, "/v1/sessions", body)
+                async with ApiClient(self.url) as api:
+                    await peer.open(api, body)
                 self._count(+1)
                 await asyncio.sleep(hold)
             except Exception as exc:  # keep cycling; count it
@@ -97,17 +104,16 @@ class Soak:
                 if peer.session:
                     self._count(-1)
                 await peer.close()
-            rate = lb.frame_rate(np.asarray(peer.video_t))
+            rate = frame_rate(np.asarray(peer.video_t))
             self.closed.append({"slot": k, "t": round(time.monotonic() - self.t0, 1),
                                 "frames": len(peer.video_t), "fps": rate.get("fps"),
-                                "rss_mib": self.bench.rss[-1][1] if self.bench.rss else None})
-            peer.crops.clear()  # the client's copy of every frame's mouth box: free it now
+                                "rss_mib": self.rss.last()})
 
     async def progress(self) -> None:
         while True:
             await asyncio.sleep(15.0)
-            rss = self.bench.rss[-1][1] if self.bench.rss else None
-            lb.log("soak", f"{time.monotonic() - self.t0:5.0f}/{self.duration:.0f} s, "
+            rss = self.rss.last()
+            log("soak", f"{time.monotonic() - self.t0:5.0f}/{self.duration:.0f} s, "
                            f"{self.open} open, {len(self.closed)} sessions done, server RSS "
                            f"{rss} MiB")
 
@@ -124,22 +130,22 @@ async def soak(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         "minutes": args.minutes, "sessions": args.sessions,
         "session_seconds": args.session_seconds}, "failed": []}
     with tempfile.TemporaryDirectory(prefix="vivify-soak-") as tmp:
-        server = lb.ServerProcess(Path(tmp))
+        server = lb.loopback_server(Path(tmp))
+        rss = RssSeries(lambda: server.pid if server.alive() else None)
         sampler: asyncio.Task[None] | None = None
         try:
-            lb.log("server", "starting")
-            result["server"] = server.start()
-            bench = lb.Bench(lb.Settings(), server, out_dir / "unused.json")
-            sampler = asyncio.create_task(bench.sample_rss())
+            log("server", "starting")
+            result["server"] = lb.start_server(server)
+            sampler = asyncio.create_task(rss.sample_forever())
             await asyncio.sleep(2.0)
-            result["rss_idle_start_mib"] = lb.rss_mib(server.proc.pid) if server.proc else None
-            run = Soak(bench, args.minutes, args.sessions, args.session_seconds)
+            result["rss_idle_start_mib"] = rss.now()
+            run = Soak(server.url, rss, args.minutes, args.sessions, args.session_seconds)
             await run.run()
-            result["sessions_left"] = await bench.wait_drained(15.0)
+            result["sessions_left"] = await lb.wait_drained(server.url, 15.0)
             await asyncio.sleep(2.0)
-            result["rss_idle_end_mib"] = lb.rss_mib(server.proc.pid) if server.proc else None
-            t0 = bench.rss[0][0] if bench.rss else run.t0
-            series = [[round(t - t0, 1), m] for t, m in bench.rss]
+            result["rss_idle_end_mib"] = rss.now()
+            t0 = rss.samples[0][0] if rss.samples else run.t0
+            series = rss.series()
             result["rss_series"] = series
             result["open_sessions"] = [[round(t - t0, 1), n] for t, n in run.counts]
             result["sessions"] = run.closed
@@ -153,7 +159,7 @@ async def soak(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
             result["failed"].append("soak")
             result["error"] = repr(exc)
             result["server_log_tail"] = server.log_tail()
-            lb.log("soak", f"FAILED: {exc!r}")
+            log("soak", f"FAILED: {exc!r}")
         finally:
             if sampler is not None:
                 sampler.cancel()

@@ -39,15 +39,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fractions
+import functools
 import io
-import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,19 +54,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
+if __package__ in (None, ""):  # run as ``python bench/stages.py``: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness.machine import machine_info
+from bench.harness.results import write_json
+from bench.harness.runner import StageRunner, elapsed, log, new_report
+
 REPEATS = 3  # renders of each frame for the best-of figure
 FRAME_MS = 40.0  # one video frame at 25 fps: the real-time budget of a per-frame stage
 SENTENCE = ("The quick brown fox jumps over the lazy dog, and then it sings a little song about "
             "the morning sun.")
 SHORT_SENTENCE = "Hello there, one two three."
-
-_T0 = time.monotonic()
-
-
-def log(stage: str, message: str) -> None:
-    """One progress line on stderr, with the time since the run started."""
-    print(f"[{time.monotonic() - _T0:6.1f} s] {stage}: {message}", file=sys.stderr, flush=True)
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -155,8 +151,11 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def _speech(text: str, path: Path) -> None:
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True,
-                   timeout=60)
+    """``text`` spoken into ``path`` with espeak-ng's own default voice and speed (the figures
+    per sentence stay comparable with earlier runs)."""
+    from vivify.engines.audio.espeak import speak_to_wav
+
+    speak_to_wav(text, path, voice="en", speed=175, timeout=60)
 
 
 # ============================================================================ stages
@@ -511,49 +510,23 @@ STAGES: dict[str, Callable[[Context, Settings], dict[str, Any]]] = {
 # ============================================================================ run
 
 
-def _write(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(path)
-
-
 def run(settings: Settings, out: Path, only: tuple[str, ...] | None = None,
         fail: str | None = None) -> dict[str, Any]:
     """Run the stages in order, each in its own try; the report, also saved after each."""
     cv2.setNumThreads(1)
-    report: dict[str, Any] = {
-        "settings": dataclasses.asdict(settings),
-        "machine": {"host": platform.node(), "cores_visible": os.cpu_count(),
-                    "affinity": len(os.sched_getaffinity(0)), "python": sys.version.split()[0],
-                    "opencv": cv2.__version__, "numpy": np.__version__,
-                    "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS",
-                                                                  "OPENBLAS_NUM_THREADS")}},
-        "stages": {}, "failed": []}
+    report = new_report(settings=dataclasses.asdict(settings), machine=machine_info())
+    runner = StageRunner(report, lambda: write_json(out, report), fail=fail, digits=2)
     with tempfile.TemporaryDirectory(prefix="vivify-stages-") as tmp:
         ctx = Context(tmp=Path(tmp))
         for name, fn in STAGES.items():
             if only and name not in only:
                 continue
             log(name, "start")
-            t0 = time.monotonic()
-            load = os.getloadavg()[0]
-            try:
-                if name == fail:
-                    raise RuntimeError(f"injected failure in stage {name!r} (--fail)")
-                result = fn(ctx, settings)
-            except Exception as exc:
-                log(name, f"FAILED: {exc!r}")
-                report["failed"].append(name)
-                result = {"error": repr(exc), "traceback": traceback.format_exc()}
-            result["wall_s"] = round(time.monotonic() - t0, 2)
-            result["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
-            report["stages"][name] = result
-            if "error" not in result:
-                log(name, f"done in {result['wall_s']} s")
-            _write(out, report)
-    report["total_s"] = round(time.monotonic() - _T0, 1)
-    _write(out, report)
+            runner.run(name, functools.partial(fn, ctx, settings))
+            if name not in report["failed"]:
+                log(name, f"done in {report['stages'][name]['wall_s']} s")
+    report["total_s"] = round(elapsed(), 1)
+    write_json(out, report)
     return report
 
 

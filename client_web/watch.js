@@ -1,9 +1,29 @@
 // Watch-only page for a broadcast session: /watch.html?session=ID
+// When the server publishes the session into an SFU (--sfu-url, docs/sfu.md) the page
+// subscribes there and costs the avatar server nothing; &direct=1 joins the server itself.
 import * as api from "./api.js";
+import { subscribe } from "./janus.js";
 import { formatStats, makeOffer, readStats } from "./rtc.js";
 
 const $ = (id) => document.getElementById(id);
-const session = new URLSearchParams(location.search).get("session");
+const params = new URLSearchParams(location.search);
+const session = params.get("session");
+
+// Where this viewer joins: the session's SFU when it has a live one, else the server.
+async function join(pc) {
+  let sfu = null;
+  try { sfu = (await api.get(`/v1/sessions/${session}`)).sfu; } catch { sfu = null; }
+  if (sfu && sfu.state === "live" && !params.has("direct")) {
+    await subscribe(sfu, pc, (reason) => setState(`The broadcast ended: ${reason}.`, true));
+    window.vivifyRoute = "sfu";
+    return;
+  }
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  const res = await api.post(`/v1/sessions/${session}/viewers`, { offer: await makeOffer(pc) });
+  await pc.setRemoteDescription(res.answer);
+  window.vivifyRoute = "server";
+}
 
 function setState(text, bad = false) {
   $("state").textContent = text;
@@ -13,8 +33,6 @@ function setState(text, bad = false) {
 async function watch() {
   if (!session) { setState("This link has no session in it.", true); return; }
   const pc = new RTCPeerConnection();
-  pc.addTransceiver("audio", { direction: "recvonly" });
-  pc.addTransceiver("video", { direction: "recvonly" });
   const video = $("video");
   video.muted = true;  // autoplay policies: start muted, unmute on a click
   pc.addEventListener("track", (e) => {
@@ -27,8 +45,7 @@ async function watch() {
     if (pc.connectionState === "failed") setState("The connection failed.", true);
   });
   try {
-    const res = await api.post(`/v1/sessions/${session}/viewers`, { offer: await makeOffer(pc) });
-    await pc.setRemoteDescription(res.answer);
+    await join(pc);
   } catch (err) {
     setState(api.describe(err), true);
     return;

@@ -13,15 +13,14 @@ Beside the clip it writes ``<out>.wav``: the speech as the sink received it, on 
 timeline (the rest before and after included), which is what a lip-sync judge compares the
 mouth with. The clip starts and ends with half a second of the face at rest.
 Exit status: 0 written, 1 the pipeline produced no video, 2 bad input (no espeak-ng, no text).
+The voice is Vivify's own demo voice (:mod:`vivify.engines.audio.espeak`), at the engines' rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
-import tempfile
 import wave
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
+from vivify.engines.audio import espeak
+from vivify.engines.audio.audio_io import float_to_pcm16, pcm16_to_float
 from vivify.streamer.integrations.pipecat import VivifyVideoService
 from vivify.streamer.offline.video_writer import Mp4Writer
 
@@ -55,7 +56,8 @@ SPEECH_TIMEOUT_S = 120.0
 class EspeakTTS(FrameProcessor):
     """A TTS service stand-in: espeak-ng synthesizes, the frames are a real TTS's."""
 
-    def __init__(self, voice: str = "en-us", speed: int = 150) -> None:
+    def __init__(self, voice: str = espeak.DEFAULT_VOICE,
+                 speed: int = espeak.DEFAULT_SPEED) -> None:
         super().__init__()
         self.voice, self.speed = voice, speed
 
@@ -67,30 +69,14 @@ class EspeakTTS(FrameProcessor):
             await self.push_frame(frame, direction)
 
     async def _speak(self, text: str) -> None:
-        pcm, rate = await synthesize(text, self.voice, self.speed)
+        # 16 kHz float32 off the event loop, pushed as PCM16 the way a TTS service sends it
+        pcm = float_to_pcm16(await espeak.synthesize(text, self.voice, self.speed))
         await self.push_frame(TTSStartedFrame())
-        step = int(rate * CHUNK_S)
-        for i in range(0, pcm.size, step):
-            await self.push_frame(TTSAudioRawFrame(audio=pcm[i:i + step].tobytes(),
-                                                   sample_rate=rate, num_channels=1))
+        step = 2 * int(RATE * CHUNK_S)  # bytes: two per sample
+        for i in range(0, len(pcm), step):
+            await self.push_frame(TTSAudioRawFrame(audio=pcm[i:i + step], sample_rate=RATE,
+                                                   num_channels=1))
         await self.push_frame(TTSStoppedFrame())
-
-
-async def synthesize(text: str, voice: str, speed: int) -> tuple[np.ndarray, int]:
-    """espeak-ng → int16 mono and its rate (22.05 kHz), off the event loop."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "speech.wav"
-        proc = await asyncio.create_subprocess_exec(
-            "espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-        if proc.returncode != 0 or not path.is_file():
-            raise RuntimeError(f"espeak-ng failed: {err.decode(errors='replace').strip()}")
-        with wave.open(str(path)) as w:
-            pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").copy()
-            if w.getnchannels() > 1:
-                pcm = pcm.reshape(-1, w.getnchannels())[:, 0].copy()
-            return pcm, w.getframerate()
 
 
 class Mp4Sink(FrameProcessor):
@@ -111,8 +97,7 @@ class Mp4Sink(FrameProcessor):
                 self.writer = Mp4Writer(self.path, width=width, height=height, audio_rate=RATE)
             self.writer.write_frame(np.frombuffer(frame.image, np.uint8).reshape(height, width, 3))
         elif isinstance(frame, SpeechOutputAudioRawFrame) and self.writer is not None:
-            x = np.frombuffer(frame.audio, "<i2").astype(np.float32) / 32768.0
-            self.writer.write_audio(x)
+            self.writer.write_audio(pcm16_to_float(frame.audio))
             self.audio.append(frame.audio)
         else:
             await self.push_frame(frame, direction)
@@ -166,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", required=True, help="what the avatar says")
     parser.add_argument("--out", type=Path, default=Path("clip.mp4"), help="the MP4 to write")
-    parser.add_argument("--voice", default="en-us", help="espeak-ng voice (espeak-ng --voices)")
+    parser.add_argument("--voice", default=espeak.DEFAULT_VOICE,
+                        help="espeak-ng voice (espeak-ng --voices)")
     args = parser.parse_args(argv)
     if not args.text.strip():
         print("error: --text is empty", file=sys.stderr)
         return 2
-    if shutil.which("espeak-ng") is None:
+    if not espeak.available():
         print("error: espeak-ng is not installed (Debian: apt-get install espeak-ng)",
               file=sys.stderr)
         return 2

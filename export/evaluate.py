@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -50,6 +52,22 @@ BARS = {"jaw_corr": 0.75, "bilabial_recall": 0.85, "offset_frames": 1, "silent_c
         "jitter_ratio": 1.2, "teacher_gap": 0.05, "compute_ratio": 10.0}
 
 
+class WindowRunner(Protocol):
+    """What :class:`MotionGenerator` uses of its runner: the spec and one batched call. The
+    student (:class:`GeneratorRunner`) and the teacher (:class:`TorchRunner`) both are one."""
+
+    @property
+    def spec(self) -> GeneratorSpec: ...
+
+    def infer_requests(self, requests: Sequence[WindowRequest]) -> list[np.ndarray]: ...
+
+
+def streaming_session(runner: WindowRunner, seed: int) -> MotionGenerator:
+    """The run-time's per-session object on any window runner. MotionGenerator is annotated
+    with the student's class, but reads only ``spec`` and ``infer_requests`` (the Protocol)."""
+    return MotionGenerator(cast(GeneratorRunner, runner), seed=seed)
+
+
 class TorchRunner:
     """The teacher behind the run-time's runner interface (``spec``, ``infer_requests``)."""
 
@@ -67,7 +85,7 @@ class TorchRunner:
         self.steps = steps or cfg.teacher_steps
         self.cfg_scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
 
-    def infer_requests(self, requests: list[WindowRequest]) -> list[np.ndarray]:
+    def infer_requests(self, requests: Sequence[WindowRequest]) -> list[np.ndarray]:
         t = self.torch
         with t.no_grad():
             out = self.sample(self.model, t.from_numpy(np.stack([r.noise for r in requests])),
@@ -78,11 +96,12 @@ class TorchRunner:
         return list(out.numpy())
 
 
-def run_lockstep(runner, clips: list[np.ndarray], seed: int) -> list[np.ndarray]:
+def run_lockstep(runner: WindowRunner, clips: list[np.ndarray], seed: int
+                 ) -> list[np.ndarray]:
     """All clips as parallel sessions; each round batches every ready window into one call."""
     spec = runner.spec
     pad = (spec.window + spec.lookahead + 1) * SAMPLES_PER_FRAME
-    sessions = [MotionGenerator(runner, seed=seed + i) for i in range(len(clips))]
+    sessions = [streaming_session(runner, seed + i) for i in range(len(clips))]
     for s, a in zip(sessions, clips, strict=True):
         s.add_audio(np.concatenate([a, np.zeros(pad, np.float32)]))
     outs: list[list[np.ndarray]] = [[] for _ in clips]
@@ -138,8 +157,8 @@ def metrics(preds: list[np.ndarray], labels: list[np.ndarray], classes: list[np.
         boundary.append(d[idx % window == 0])
         inside.append(d[idx % window != 0])
     sung_mean, sung_flap = [], []
-    for i, k in enumerate(kinds):
-        if k == "sung":
+    for i, kind in enumerate(kinds):
+        if kind == "sung":
             on = np.flatnonzero(classes[i] == 0)
             if on.size > 20:
                 seg = preds[i][on[0] + 8: on[-1] - 8, jaw]
@@ -161,26 +180,28 @@ def metrics(preds: list[np.ndarray], labels: list[np.ndarray], classes: list[np.
     }
 
 
-def drift_check(runner, clips: list[np.ndarray], minutes: float, seed: int) -> dict:
+def drift_check(runner: WindowRunner, clips: list[np.ndarray], minutes: float, seed: int
+                ) -> dict[str, Any]:
     """Loop the eval audio for ``minutes`` through one streaming session; compare head pose
     statistics of the first and last minute (drift = change of the mean)."""
     audio = np.concatenate(clips)
     reps = int(np.ceil(minutes * 60 * 16000 / audio.size))
     audio = np.tile(audio, reps)[: int(minutes * 60 * 16000)]
-    gen = MotionGenerator(runner, seed=seed)
+    gen = streaming_session(runner, seed)
     out = []
     for k in range(0, audio.size, 16000):
         out.append(gen.push(audio[k:k + 16000]))
     out.append(gen.flush())
     m = np.concatenate(out)
     first, last = m[: 25 * 60], m[-25 * 60:]
-    res = {}
+    pose: dict[str, dict[str, float]] = {}
     for n in ("head_yaw", "head_pitch", "head_roll", "head_tx", "head_ty", "head_scale"):
         j = INDEX[n]
-        res[n] = {"first_mean": float(first[:, j].mean()), "last_mean": float(last[:, j].mean()),
-                  "first_std": float(first[:, j].std()), "last_std": float(last[:, j].std())}
-    res["max_mean_shift"] = max(abs(v["last_mean"] - v["first_mean"]) for v in res.values()
-                                if isinstance(v, dict))
+        pose[n] = {"first_mean": float(first[:, j].mean()),
+                   "last_mean": float(last[:, j].mean()),
+                   "first_std": float(first[:, j].std()), "last_std": float(last[:, j].std())}
+    res: dict[str, Any] = dict(pose)
+    res["max_mean_shift"] = max(abs(v["last_mean"] - v["first_mean"]) for v in pose.values())
     res["minutes"] = minutes
     return res
 
@@ -219,7 +240,7 @@ def evaluate(corpus: Path, manifest: Path, teacher: Path | None, out_dir: Path, 
     classes = [d["classes"][off[i]:off[i + 1]] for i in range(n)]
     kinds = [str(k) for k in d["kinds"]]
     student = GeneratorRunner(manifest, threads=1)
-    runners: dict[str, object] = {"student": student}
+    runners: dict[str, WindowRunner] = {"student": student}
     if teacher is not None and teacher.is_file():
         runners["teacher"] = TorchRunner(teacher)
     conditions = {"clean": clips}

@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from vivify.engines.motion.generator import INPUT_NAMES, OUTPUT_NAME, sha256_file
+from vivify.engines.motion.generator_config import GeneratorConfig
 from vivify.engines.motion.torch_model import Student
 from vivify.export.train import load
 
@@ -29,7 +30,7 @@ PARITY_TOL = 1e-4  # max |torch − ORT| in rig units, the issue's bar
 PARITY_BATCHES = (1, 16)
 
 
-def example_inputs(cfg, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def example_inputs(cfg: GeneratorConfig, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     mel = torch.rand((batch, cfg.context_frames * cfg.mels_per_frame, cfg.n_mels),
                      generator=g) * 2 - 1.5
@@ -82,7 +83,7 @@ def export(student_path: Path, out_dir: Path, name: str = "motion_generator") ->
     return manifest
 
 
-def check_parity(student: Student, onnx_path: Path, cfg) -> dict:
+def check_parity(student: Student, onnx_path: Path, cfg: GeneratorConfig) -> dict:
     """Max |torch − ORT| over random and real-looking inputs at batch 1 and 16."""
     import onnxruntime as ort
 

@@ -85,7 +85,7 @@ class _PolygraphyAdapter:
         from polygraphy.backend.base import BaseRunner
         from polygraphy.common import TensorMetadata
 
-        class Adapter(BaseRunner):  # type: ignore[misc]
+        class Adapter(BaseRunner):
             def __init__(self) -> None:
                 super().__init__(name=name)
 

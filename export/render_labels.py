@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the targets themselves, or a driver run on the audio")
     args = parser.parse_args(argv)
     python = judge_python()
-    rows, skipped = [], []
+    rows: list[dict] = []
+    skipped: list[str] = []
     for k, text in enumerate(SENTENCES):
         if len(rows) == args.clips:
             break

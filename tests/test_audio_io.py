@@ -6,11 +6,11 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
-import media
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import media
 from vivify.engines.audio.audio_io import (
     SAMPLE_RATE,
     SAMPLES_PER_FRAME,

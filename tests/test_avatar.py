@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import png_bytes
 from PIL import Image
 
+from tests.support.images import png_bytes
 from vivify.engines.avatar import face_topology as ft
 from vivify.engines.avatar.image_io import MAX_BYTES
 from vivify.engines.avatar.pack import AvatarPack, AvatarPreparer
@@ -25,7 +25,7 @@ from vivify.engines.errors import (
 )
 
 
-def test_pack_geometry(pack) -> None:  # type: ignore[no-untyped-def]
+def test_pack_geometry(pack) -> None:
     lm = pack.landmarks
     assert pack.crop.shape == (512, 512, 3) and lm.shape == (478, 3)
     eyes = lm[[ft.RIGHT_IRIS_CENTER, ft.LEFT_IRIS_CENTER], :2]
@@ -38,7 +38,7 @@ def test_pack_geometry(pack) -> None:  # type: ignore[no-untyped-def]
     assert pack.full.shape[0] % 2 == 0 and pack.full.shape[1] % 2 == 0
 
 
-def test_cache_roundtrip_and_atomicity(preparer, astronaut, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cache_roundtrip_and_atomicity(preparer, astronaut, tmp_path: Path) -> None:
     prep = AvatarPreparer(cache_dir=tmp_path, analyzer=preparer.analyzer)
     data = png_bytes(astronaut)
     first = prep.prepare(data)
@@ -55,7 +55,7 @@ def test_cache_roundtrip_and_atomicity(preparer, astronaut, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("style", ["painting", "pencil", "cartoon", "grey"])
-def test_stylised_portraits(preparer, astronaut, style: str) -> None:  # type: ignore[no-untyped-def]
+def test_stylised_portraits(preparer, astronaut, style: str) -> None:
     bgr = cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR)
     if style == "painting":
         out = cv2.stylization(bgr, sigma_s=60, sigma_r=0.45)
@@ -74,7 +74,7 @@ def test_stylised_portraits(preparer, astronaut, style: str) -> None:  # type: i
     assert np.abs(eyes - [[205, 215], [307, 215]]).max() < 4  # same geometry as the photo
 
 
-def test_exif_orientation_is_applied(preparer, pack, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_exif_orientation_is_applied(preparer, pack, astronaut) -> None:
     rotated = Image.fromarray(np.ascontiguousarray(np.rot90(astronaut)))  # stored sideways
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to view": undoes rot90's counter-clockwise turn
@@ -86,7 +86,7 @@ def test_exif_orientation_is_applied(preparer, pack, astronaut) -> None:  # type
     assert err < 2.0
 
 
-def test_large_photo_works(preparer, pack, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_large_photo_works(preparer, pack, astronaut) -> None:
     big = np.full((3000, 4000, 3), 200, np.uint8)
     face = cv2.resize(astronaut, (1536, 1536), interpolation=cv2.INTER_CUBIC)
     big[700:2236, 1200:2736] = face
@@ -97,7 +97,7 @@ def test_large_photo_works(preparer, pack, astronaut) -> None:  # type: ignore[n
     assert err < 3.0
 
 
-def test_several_faces_take_the_largest(preparer, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_several_faces_take_the_largest(preparer, astronaut) -> None:
     small = cv2.resize(astronaut, (384, 384), interpolation=cv2.INTER_AREA)
     canvas = np.concatenate([astronaut, np.pad(small, ((0, 128), (0, 0), (0, 0)),
                                                 constant_values=128)], axis=1)
@@ -106,21 +106,21 @@ def test_several_faces_take_the_largest(preparer, astronaut) -> None:  # type: i
     assert out.meta["face_box"][0] < 512  # the big face on the left
 
 
-def test_not_an_image(preparer) -> None:  # type: ignore[no-untyped-def]
+def test_not_an_image(preparer) -> None:
     with pytest.raises(NotAnImageError, match="not an image"):
         preparer.prepare(b"this is a text file, not a portrait\n" * 10)
     with pytest.raises(NotAnImageError, match="empty"):
         preparer.prepare(b"")
 
 
-def test_corrupt_image(preparer, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_image(preparer, astronaut) -> None:
     buf = io.BytesIO()
     Image.fromarray(astronaut).save(buf, format="JPEG")
     with pytest.raises(CorruptImageError, match="corrupt or truncated"):
         preparer.prepare(buf.getvalue()[: len(buf.getvalue()) // 3])
 
 
-def test_no_face(preparer) -> None:  # type: ignore[no-untyped-def]
+def test_no_face(preparer) -> None:
     from skimage import data
 
     with pytest.raises(NoFaceError, match="no face"):
@@ -130,7 +130,7 @@ def test_no_face(preparer) -> None:  # type: ignore[no-untyped-def]
         preparer.prepare(png_bytes(gradient))
 
 
-def test_face_too_small(preparer, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_face_too_small(preparer, astronaut) -> None:
     tiny = cv2.resize(astronaut, (200, 200), interpolation=cv2.INTER_AREA)
     canvas = np.full((900, 900, 3), 180, np.uint8)
     canvas[350:550, 350:550] = tiny
@@ -140,13 +140,13 @@ def test_face_too_small(preparer, astronaut) -> None:  # type: ignore[no-untyped
         assert "minimum is 24 px" in str(info.value)
 
 
-def test_face_too_small_is_reported_with_the_minimum(preparer, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_face_too_small_is_reported_with_the_minimum(preparer, astronaut) -> None:
     small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)  # 21 px pupils
     with pytest.raises(FaceTooSmallError, match="minimum is 24 px"):
         preparer.prepare(png_bytes(small))
 
 
-def test_image_too_large(preparer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_image_too_large(preparer, tmp_path: Path) -> None:
     with pytest.raises(ImageTooLargeError, match="MiB"):
         preparer.prepare(b"\x89PNG" + bytes(MAX_BYTES))
     huge = tmp_path / "huge.png"
@@ -155,6 +155,6 @@ def test_image_too_large(preparer, tmp_path: Path) -> None:  # type: ignore[no-u
         preparer.prepare(huge)
 
 
-def test_image_too_small(preparer) -> None:  # type: ignore[no-untyped-def]
+def test_image_too_small(preparer) -> None:
     with pytest.raises(ImageTooSmallError, match="at least 64"):
         preparer.prepare(png_bytes(np.zeros((40, 40, 3), np.uint8)))

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import media
 import numpy as np
 import pytest
 
+from tests.support import media
 from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME, load_audio
 from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
 from vivify.engines.motion.vector import INDEX, MOTION_DIM
@@ -245,3 +245,22 @@ def test_clear_drops_pending_audio_and_keeps_the_pose_continuous() -> None:
     # the mouth closes smoothly: it falls, but not to zero in one frame, and ends shut
     assert 0.05 < after[0, JAW] < before[-1, JAW]
     assert after[10:, JAW].max() < 0.02
+
+
+def test_controls_add_their_offset_to_every_frame_from_then_on() -> None:
+    """The baseline has no control input: set_controls moves its frames by the controls'
+    motion offset (clipped), the frames before it stay as they were."""
+    from vivify.engines.motion.controls import Controls, motion_offset
+    from vivify.engines.motion.vector import clip_motion
+
+    audio = np.random.default_rng(3).normal(0, 0.05, 2 * 16000).astype(np.float32)
+    half = audio.size // 2
+    plain = BaselineDriver(BaselineConfig()).drive(audio)
+    steered = BaselineDriver(BaselineConfig())
+    before = steered.push(audio[:half])
+    controls = Controls(emotion="happy", intensity=0.5, gaze=(0.3, -0.2), distance=0.4)
+    steered.set_controls(controls)
+    after = np.concatenate([steered.push(audio[half:]), steered.flush()])
+    np.testing.assert_array_equal(before, plain[:len(before)])
+    np.testing.assert_array_equal(after, clip_motion(plain[len(before):] + motion_offset(controls)))
+    assert not motion_offset(Controls()).any()  # neutral controls: no offset at all

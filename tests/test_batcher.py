@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_media import InlineScheduler, _speech_like
 
+from tests.test_media import InlineScheduler, _speech_like
 from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
 from vivify.engines.motion.driver import BatchableDriver
 from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
 from vivify.streamer.media.batcher import WindowBatcher
 from vivify.streamer.media.clock import VirtualClock
+from vivify.streamer.media.render_paths import BatchedGeneratorPath, SharedEngines
 from vivify.streamer.media.scheduler import InferenceScheduler
-from vivify.streamer.media.session_media import SessionMedia
+from vivify.streamer.media.session_media import MediaConfig, SessionMedia
 
 
 class RecordingRunner:
@@ -78,7 +79,7 @@ def runner() -> GeneratorRunner:
 
 
 def test_learned_sessions_are_batched_and_match_the_unbatched_driver(
-        renderer, runner: GeneratorRunner) -> None:  # type: ignore[no-untyped-def]
+        renderer, runner: GeneratorRunner) -> None:
     """Three sessions through SessionMedia + batcher make the frames a lone driver makes."""
     audios = [_speech_like(1.2, seed=s) for s in range(3)]
     captured: list[list[np.ndarray]] = [[], [], []]
@@ -97,10 +98,11 @@ def test_learned_sessions_are_batched_and_match_the_unbatched_driver(
         clock = VirtualClock()
         scheduler = InlineScheduler(clock)
         batcher = WindowBatcher(runner, scheduler)  # type: ignore[arg-type]
-        medias = [SessionMedia(renderer, Spy(k), scheduler, clock, depth=3,  # type: ignore[arg-type]
-                               live=False, batcher=batcher) for k in range(3)]
+        medias = [SessionMedia(renderer, Spy(k), scheduler, clock,  # type: ignore[arg-type]
+                               MediaConfig(depth=3, live=False),
+                               shared=SharedEngines(batcher=batcher)) for k in range(3)]
         for m, a in zip(medias, audios, strict=True):
-            assert m.batcher is batcher
+            assert isinstance(m.path, BatchedGeneratorPath)
             m.start()
             m.push_audio(a)
         await clock.advance(2.0)

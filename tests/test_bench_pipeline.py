@@ -41,7 +41,7 @@ def bank(bank_file: Path) -> dict[str, np.ndarray]:
     return bp.avatar_bank(2, bank_file)
 
 
-def _runners(runtime: str, renderer_json: Path):  # type: ignore[no-untyped-def]
+def _runners(runtime: str, renderer_json: Path):
     gen = bp.make_runner(ModelManifest.load(bp.DEFAULT_MANIFEST), runtime, False)
     ren = bp.make_runner(ModelManifest.load(renderer_json), runtime, False)
     return gen, ren
@@ -77,7 +77,7 @@ def test_quick_run_writes_consistent_rows(tmp_path: Path, renderer_json: Path, b
 
 
 @pytest.mark.slow
-def test_pipeline_frames_are_the_graphs_output(renderer_json: Path, bank) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_frames_are_the_graphs_output(renderer_json: Path, bank) -> None:
     """Independently of the runner plumbing: the pipeline's uint8 frames equal the renderer
     graph module's output for the generator's motions, rows mixing the bank's avatars."""
     from vivify.engines.render.graph_renderer import to_uint8
@@ -102,7 +102,7 @@ def test_pipeline_frames_are_the_graphs_output(renderer_json: Path, bank) -> Non
     assert np.abs(frames[0].astype(int) - frames[1].astype(int)).max() > 0  # rows differ
 
 
-def test_pipeline_is_device_clean(renderer_json: Path, bank) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_is_device_clean(renderer_json: Path, bank) -> None:
     """Generator → renderer → uint8 stays on the runners' device with no host tensor mixed in:
     on the meta device (a stand-in for CUDA here) a stray CPU tensor is an error."""
     from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
@@ -128,7 +128,7 @@ def test_a_failing_batch_is_recorded_and_the_rest_run(tmp_path: Path, renderer_j
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     real = bp.measure
 
-    def measure(pipe, steps, warmup):  # type: ignore[no-untyped-def]
+    def measure(pipe, steps, warmup):
         if pipe.batch == 2:
             raise MemoryError("out of memory (simulated)")
         return real(pipe, steps, warmup)

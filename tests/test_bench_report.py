@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import loopback as lb
+from bench import loopback_analysis as la
 from bench import report, run, soak
+from bench.harness import procfs, results
 
 
 def _fake_loopback() -> dict:
@@ -20,7 +21,7 @@ def _fake_loopback() -> dict:
     def level(n: int, attempt: int, ok: bool) -> dict:
         lat = list(np.round(rng.normal(300 + 60 * n, 30, 6 * n), 1))
         return {"sessions": n, "attempt": attempt, "real_time": ok,
-                "fps_min": 24.9 if ok else 22.0, "onset_latency": lb.percentiles(lat),
+                "fps_min": 24.9 if ok else 22.0, "onset_latency": results.percentiles(lat),
                 "onset_latency_each_ms": lat, "onsets_missed": 0,
                 "fps_series_each": [[25.0] * 8 for _ in range(n)],
                 "rss_mib": {"before": 280.0, "median": 280.0 + 30 * n, "max": 300.0 + 30 * n},
@@ -30,18 +31,18 @@ def _fake_loopback() -> dict:
     levels = [level(1, 1, True), level(2, 1, True), level(3, 1, False), level(3, 2, False)]
     mirror_lat = [290.0, 310.0, 305.0, 330.0, 280.0]
     return {"stages": {
-        "mirror": {"onset_latency": lb.percentiles(mirror_lat),
+        "mirror": {"onset_latency": results.percentiles(mirror_lat),
                    "onset_latency_each_ms": mirror_lat, "onsets_missed": 0,
                    "video": {"fps": 24.98, "gap_p95_ms": 44.0}, "fps_series": [25.0] * 30,
-                   "av_offset": lb.percentiles([-20.0, 10.0]), "start_ms": 150.0,
+                   "av_offset": results.percentiles([-20.0, 10.0]), "start_ms": 150.0,
                    "rss_mib": {"before": 240.0, "median": 265.0}, "cpu": {"cores_others": 0.2}},
-        "session_start": lb.percentiles([70.0, 90.0, 150.0]),
-        "interrupt": {"to_idle_match": lb.percentiles([120.0, 150.0])},
+        "session_start": results.percentiles([70.0, 90.0, 150.0]),
+        "interrupt": {"to_idle_match": results.percentiles([120.0, 150.0])},
         "capacity": {"levels": levels, "real_time_sessions": 2,
                      "stopped": "level 3 is not real-time (twice)",
                      "single_session_p95_ms": levels[0]["onset_latency"]["p95_ms"],
                      "criteria": "…",
-                     "rss_per_session_mib": lb.rss_per_session(levels, 280.0)}},
+                     "rss_per_session_mib": la.rss_per_session(levels, 280.0)}},
         "memory": {"rss_series": [[t * 0.5, 240.0 + t] for t in range(100)],
                    "rss_first_mib": 240.0, "rss_peak_mib": 339.0, "rss_last_mib": 339.0},
         "failed": []}
@@ -89,13 +90,13 @@ def test_run_part_relays_progress_and_stops_a_hung_part(capsys: pytest.CaptureFi
 
 def test_fps_series_and_rss_per_session() -> None:
     t = np.concatenate([np.arange(0, 3, 0.04), np.arange(3.5, 6, 0.04)])  # a 0.5 s stall
-    series = lb.fps_series(t)
+    series = results.fps_series(t)
     assert series[:3] == [25.0, 25.0, 25.0] and series[3] < 20 and len(series) == 5
-    assert lb.fps_series([1.0]) == []
+    assert results.fps_series([1.0]) == []
     levels = [{"sessions": n, "rss_mib": {"median": 300.0 + 40 * n}} for n in (1, 2, 3)]
-    got = lb.rss_per_session(levels, 330.0)
+    got = la.rss_per_session(levels, 330.0)
     assert got == {"slope": 40.0, "one_session_delta": 10.0}
-    assert lb.rss_mib(10**9) is None
+    assert procfs.rss_mib(10**9) is None
 
 
 def test_soak_flatness_verdict() -> None:

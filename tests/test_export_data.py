@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.media import have_espeak
+from tests.support.media import have_espeak
 from vivify.engines.motion.vector import INDEX
 from vivify.export.data import augment as aug
 from vivify.export.data import labels as lab

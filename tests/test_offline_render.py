@@ -9,8 +9,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from media import espeak_wav
 
+from tests.support.images import png_bytes
+from tests.support.media import espeak_wav
 from vivify.engines.audio.audio_io import load_audio
 from vivify.engines.avatar import face_topology as ft
 from vivify.streamer.offline.render import RenderOptions, render_file
@@ -31,11 +32,12 @@ def _frames(path: Path) -> tuple[list[np.ndarray], float, dict[str, str]]:
     with av.open(str(path)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
         audio = c.streams.audio[0]
-        seconds = float(audio.duration * audio.time_base) if audio.duration else 0.0
+        seconds = (float(audio.duration * audio.time_base)
+                   if audio.duration and audio.time_base else 0.0)
         return frames, seconds, dict(c.metadata)
 
 
-def test_golden_render_of_a_spoken_sentence(speech: Path, preparer, pack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_golden_render_of_a_spoken_sentence(speech: Path, preparer, pack, tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     report = render_file(_astronaut_png(tmp_path, pack), speech, out, preparer=preparer)
     duration = len(load_audio(speech)) / 16_000
@@ -61,8 +63,7 @@ def test_golden_render_of_a_spoken_sentence(speech: Path, preparer, pack, tmp_pa
     assert 10 * np.log10(255**2 / mse) > 30
 
 
-def _astronaut_png(tmp_path: Path, pack) -> Path:  # type: ignore[no-untyped-def]
-    from conftest import png_bytes
+def _astronaut_png(tmp_path: Path, pack) -> Path:
     from skimage import data
 
     path = tmp_path / "astronaut.png"
@@ -70,7 +71,7 @@ def _astronaut_png(tmp_path: Path, pack) -> Path:  # type: ignore[no-untyped-def
     return path
 
 
-def test_full_frame_render(speech: Path, preparer, pack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_full_frame_render(speech: Path, preparer, pack, tmp_path: Path) -> None:
     out = tmp_path / "full.mp4"
     render_file(_astronaut_png(tmp_path, pack), speech, out,
                 RenderOptions(full_frame=True, emotion="happy", intensity=0.5), preparer=preparer)

@@ -8,15 +8,15 @@ its audio out. In-process engines, a real ``vivify serve`` over its API (remote 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
-import itertools
 import subprocess
 import sys
 import time
 import wave
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -24,7 +24,6 @@ import pytest
 pytest.importorskip("pipecat")
 
 import soxr
-from media import espeak_wav, have_espeak
 from pipecat.frames.frames import (
     Frame,
     InterruptionFrame,
@@ -39,6 +38,11 @@ from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.tests.utils import SleepFrame, run_test
 
+from tests.support.live_server import LiveServer
+from tests.support.media import espeak_wav, have_espeak
+from tests.support.rtc import TrackRecorder
+from tests.support.video import mouth_activity
+from tests.support.waiting import POLL_S, WaitTimedOut, grown_by
 from vivify.streamer.integrations.avatar_session import LocalAvatars
 from vivify.streamer.integrations.pipecat import FrameAudio, SpeechIn, VivifyVideoService
 from vivify.streamer.server.config import ServerConfig
@@ -47,21 +51,58 @@ pytestmark = pytest.mark.slow
 needs_espeak = pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
 CHUNK_S = 0.02  # TTS services push ~20 ms chunks
 START_TIMEOUT = 20.0  # run_test's wait for the pipeline (the service's setup starts engines)
+WAIT_S = 20.0  # the longest a script waits for what it expects (a stuck-test bound)
 
 
 class Stamp(FrameProcessor):
-    """Records when each frame was pushed to it (wall clock): latency is measured here. Direct
-    mode: no queue of its own, so an interruption cannot drop or reorder what it records."""
+    """Records each frame pushed to it, in order. Direct mode: no queue of its own, so an
+    interruption cannot drop or reorder what it records."""
 
     def __init__(self) -> None:
         super().__init__(enable_direct_mode=True)
-        self.log: list[tuple[float, Frame]] = []
+        self.log: list[Frame] = []
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
         if direction == FrameDirection.DOWNSTREAM:
-            self.log.append((time.monotonic(), frame))
+            self.log.append(frame)
         await self.push_frame(frame, direction)
+
+    def audio_out(self) -> int:
+        """How many audio frames the service pushed so far (one per 40 ms it played)."""
+        return sum(isinstance(f, SpeechOutputAudioRawFrame) for f in self.log)
+
+
+@dataclass
+class Until:
+    """A step of a :func:`script`: hold the next frames until ``cond()`` holds."""
+
+    cond: Callable[[], bool]
+    what: str
+
+
+def script(*steps: Frame | Until | Sequence[Frame]) -> Sequence[Frame]:
+    """``frames_to_send`` for Pipecat's ``run_test`` that waits for conditions, not for time.
+
+    ``run_test`` sends its frames in order and sleeps for a ``SleepFrame``; it only iterates
+    what it is given, so a lazy iterator can poll (short ``SleepFrame`` s) until a condition
+    holds: "after one second of speech has played" becomes 25 audio frames out, whatever the
+    machine's speed. A condition that never holds fails the test after :data:`WAIT_S`.
+    """
+    def frames() -> Iterator[Frame]:
+        for step in steps:
+            if isinstance(step, Until):
+                deadline = time.monotonic() + WAIT_S
+                while not step.cond():
+                    if time.monotonic() > deadline:
+                        raise WaitTimedOut(f"timed out after {WAIT_S:g} s: {step.what}")
+                    yield SleepFrame(POLL_S)
+            elif isinstance(step, Frame):
+                yield step
+            else:
+                yield from step
+
+    return cast(Sequence[Frame], frames())  # run_test only iterates it
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +128,10 @@ def expected_16k(pcm: np.ndarray, rate: int) -> np.ndarray:
     return np.clip(x * 32767.0, -32768, 32767).astype(np.int16)
 
 
-def outputs(log: list[tuple[float, Frame]]) -> tuple[list[tuple[float, Any]], list[Any]]:
-    """(time, audio frame) pairs and the images, in order."""
-    audio = [(t, f) for t, f in log if isinstance(f, SpeechOutputAudioRawFrame)]
-    images = [f for _, f in log if isinstance(f, OutputImageRawFrame)]
+def outputs(log: list[Frame]) -> tuple[list[Any], list[Any]]:
+    """The audio frames and the images, in order."""
+    audio = [f for f in log if isinstance(f, SpeechOutputAudioRawFrame)]
+    images = [f for f in log if isinstance(f, OutputImageRawFrame)]
     return audio, images
 
 
@@ -98,10 +139,12 @@ def rgb(frame: Any) -> np.ndarray:
     return np.frombuffer(frame.image, np.uint8).reshape(frame.size[1], frame.size[0], 3)
 
 
-def mouth_activity(frames: list[np.ndarray]) -> np.ndarray:
-    """Mean absolute frame-to-frame change in the mouth region of the default avatar."""
-    region = [f[290:380, 190:320].astype(np.float32) for f in frames]
-    return np.array([np.abs(b - a).mean() for a, b in itertools.pairwise(region)])
+def finished(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == "playback_finished"]
+
+
+def started(events: list[dict[str, Any]]) -> int:
+    return sum(e["type"] == "playback_started" for e in events)
 
 
 def recorder(service: VivifyVideoService) -> list[dict[str, Any]]:
@@ -131,20 +174,21 @@ def test_tts_audio_in_lip_synced_frames_and_the_same_audio_out(
 
     stamp, events, seconds = asyncio.run(scenario())
     audio, images = outputs(stamp.log)
-    kinds = [type(f) for _, f in stamp.log]
+    kinds = [type(f) for f in stamp.log]
     assert TTSAudioRawFrame not in kinds  # the TTS audio itself never goes past the service
-    assert len(images) == len(audio) and seconds * 25 - 15 <= len(images) <= seconds * 25 + 1
+    # paced: never faster than 25 fps (how close to 25 fps a machine keeps is make bench's)
+    assert len(images) == len(audio) <= seconds * 25 + 1
     assert all(f.size == (512, 512) and f.format == "RGB" for f in images)
-    assert all(f.sample_rate == 16000 and f.num_frames == 640 for _, f in audio)
+    assert all(f.sample_rate == 16000 and f.num_frames == 640 for f in audio)
     # Each image is pushed right before its audio, and both carry the same slot.
     media = (OutputImageRawFrame, SpeechOutputAudioRawFrame)
-    order = [f for _, f in stamp.log if isinstance(f, media)]
+    order = [f for f in stamp.log if isinstance(f, media)]
     assert all(isinstance(a, OutputImageRawFrame) and a.metadata["vivify"] == b.metadata["vivify"]
                for a, b in zip(order[::2], order[1::2], strict=True))
-    slots = [f.metadata["vivify"]["slot"] for _, f in audio]
+    slots = [f.metadata["vivify"]["slot"] for f in audio]
     assert slots == list(range(slots[0], slots[0] + len(slots)))  # every slot, in order
     want = expected_16k(pcm, rate)
-    live = [f for _, f in audio if f.metadata["vivify"]["live"]]
+    live = [f for f in audio if f.metadata["vivify"]["live"]]
     assert len(live) == want.size // 640  # one frame per 40 ms of speech, no more, no fewer
     got = np.frombuffer(b"".join(f.audio for f in live), "<i2")
     assert np.abs(got.astype(np.int32) - want).max() <= 2  # the same samples, resampled
@@ -153,7 +197,7 @@ def test_tts_audio_in_lip_synced_frames_and_the_same_audio_out(
                           "interrupted": False}
     # TTSStoppedFrame goes on after the audio it closes, not when the TTS sent it.
     stop = kinds.index(TTSStoppedFrame)
-    last_live = max(i for i, (_, f) in enumerate(stamp.log)
+    last_live = max(i for i, f in enumerate(stamp.log)
                     if isinstance(f, SpeechOutputAudioRawFrame) and f.metadata["vivify"]["live"])
     assert stop > last_live
     live_images = [rgb(f) for f in images if f.metadata["vivify"]["live"]]
@@ -161,7 +205,7 @@ def test_tts_audio_in_lip_synced_frames_and_the_same_audio_out(
 
 
 @needs_espeak
-def test_interruption_reaches_the_face_within_100_ms(
+def test_interruption_reaches_the_face_within_two_frames(
         face_models: Path, tmp_path: Path, speech: tuple[np.ndarray, int]) -> None:
     pcm, rate = speech
     config = ServerConfig(max_sessions=2, session_idle_timeout=0)
@@ -169,42 +213,49 @@ def test_interruption_reaches_the_face_within_100_ms(
     async def scenario() -> tuple[Stamp, list[dict[str, Any]]]:
         service = VivifyVideoService(config=config, home=tmp_path)  # owns its engines
         events, stamp = recorder(service), Stamp()
-        frames = [*tts_frames(pcm, rate), SleepFrame(1.0), InterruptionFrame(), SleepFrame(0.5)]
+        frames = script(tts_frames(pcm, rate),
+                        Until(lambda: started(events) == 1, "the speech started"),
+                        Until(grown_by(stamp.audio_out, 25), "1 s of it played"),
+                        InterruptionFrame(),
+                        Until(grown_by(stamp.audio_out, 12), "0.5 s more streamed"))
         await run_test(Pipeline([service, stamp]), frames_to_send=frames,
                        pipeline_params=PipelineParams(audio_out_sample_rate=24000),
                        start_timeout=START_TIMEOUT)
         return stamp, events
 
     stamp, events = asyncio.run(scenario())
-    t_interrupt = next(t for t, f in stamp.log if isinstance(f, InterruptionFrame))
+    cut = next(i for i, f in enumerate(stamp.log) if isinstance(f, InterruptionFrame))
     audio, _ = outputs(stamp.log)
-    assert all(f.sample_rate == 24000 and f.num_frames == 960 for _, f in audio)
-    live = [t for t, f in audio if f.metadata["vivify"]["live"]]
-    assert live and live[0] < t_interrupt
-    lag = max(live) - t_interrupt
-    print(f"interrupt → last live frame: {lag * 1000:.0f} ms")
-    assert lag <= 0.100  # the face went idle within 100 ms of the framework's interrupt
-    assert any(t > t_interrupt + 0.3 for t, _ in audio)  # ... and stayed idle, still streaming
-    finished = [e for e in events if e["type"] == "playback_finished"]
-    assert finished == [{"type": "playback_finished", "position_ms": 40 * len(live),
-                         "interrupted": True}]
-    assert 800 <= finished[0]["position_ms"] <= 1400
-    assert TTSStoppedFrame not in [type(f) for _, f in stamp.log]  # it closed speech cut off
+    assert all(f.sample_rate == 24000 and f.num_frames == 960 for f in audio)
+    live = [f for f in audio if f.metadata["vivify"]["live"]]
+    after = [f.metadata["vivify"]["live"] for f in outputs(stamp.log[cut:])[0]]
+    assert len(live) > sum(after)  # speech played before the interrupt...
+    # ... and the face went idle within 2 frames (80 ms of media) of it (the wall-clock
+    # latency is measured by make bench: bench/loopback.py, interrupt → idle), then stayed
+    # idle, still streaming
+    assert len(after) >= 12 and sum(after) <= 2 and not any(after[2:])
+    assert finished(events) == [{"type": "playback_finished", "position_ms": 40 * len(live),
+                                 "interrupted": True}]
+    assert 800 <= finished(events)[0]["position_ms"] <= 1400
+    assert TTSStoppedFrame not in [type(f) for f in stamp.log]  # it closed speech cut off
 
 
 @needs_espeak
 def test_remote_backend_against_a_running_server(
         face_models: Path, tmp_path: Path, speech: tuple[np.ndarray, int]) -> None:
-    from test_server import LiveServer
-
     pcm, rate = speech
     short = pcm[: int(rate * 0.8)]
 
     async def scenario(url: str) -> tuple[Stamp, list[dict[str, Any]]]:
         service = VivifyVideoService(url=url, token="pc-token")
         events, stamp = recorder(service), Stamp()
-        frames = [*tts_frames(short, rate), SleepFrame(1.5), *tts_frames(pcm, rate),
-                  SleepFrame(1.0), InterruptionFrame(), SleepFrame(0.5)]
+        frames = script(tts_frames(short, rate),
+                        Until(lambda: len(finished(events)) == 1, "the first utterance played"),
+                        tts_frames(pcm, rate),
+                        Until(lambda: started(events) == 2, "the second one started"),
+                        Until(grown_by(stamp.audio_out, 25), "1 s of it played"),
+                        InterruptionFrame(),
+                        Until(grown_by(stamp.audio_out, 12), "0.5 s more streamed"))
         await run_test(Pipeline([service, stamp]), frames_to_send=frames,
                        pipeline_params=PipelineParams(audio_out_sample_rate=16000),
                        start_timeout=START_TIMEOUT)
@@ -215,12 +266,12 @@ def test_remote_backend_against_a_running_server(
         assert not server.manager.sessions  # EndFrame deleted the session
     audio, images = outputs(stamp.log)
     assert len(images) > 60 and all(f.size == (512, 512) for f in images)
-    finished = [e for e in events if e["type"] == "playback_finished"]
-    assert finished[0] == {"type": "playback_finished", "interrupted": False,
-                           "position_ms": 40 * (expected_16k(short, rate).size // 640)}
-    assert finished[1]["interrupted"] and 800 <= finished[1]["position_ms"] <= 1400
+    first, second = finished(events)
+    assert first == {"type": "playback_finished", "interrupted": False,
+                     "position_ms": 40 * (expected_16k(short, rate).size // 640)}
+    assert second["interrupted"] and 800 <= second["position_ms"] <= 1400
     # The first utterance came back through Opus: its loudness, frame by frame, is the speech's.
-    got = np.frombuffer(b"".join(f.audio for _, f in audio), "<i2").astype(np.float32)
+    got = np.frombuffer(b"".join(f.audio for f in audio), "<i2").astype(np.float32)
     env = np.sqrt(np.mean(got[: got.size // 640 * 640].reshape(-1, 640) ** 2, axis=1))
     want = expected_16k(short, rate).astype(np.float32)
     ref = np.sqrt(np.mean(want.reshape(-1, 640) ** 2, axis=1))
@@ -233,17 +284,17 @@ def test_remote_backend_against_a_running_server(
 @needs_espeak
 def test_small_webrtc_call_shows_the_avatar_to_an_aiortc_peer(
         face_models: Path, tmp_path: Path, speech: tuple[np.ndarray, int]) -> None:
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCSessionDescription
     from pipecat.transports.base_transport import TransportParams
     from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
     from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 
+    from vivify.streamer.client import offer_peer
+
     pcm, rate = speech
 
     async def scenario() -> tuple[list[np.ndarray], list[np.ndarray], Stamp]:
-        peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        peer.addTransceiver("audio", direction="recvonly")
-        peer.addTransceiver("video", direction="recvonly")
+        peer = offer_peer("broadcast")  # receive-only audio and video, host candidates only
         await peer.setLocalDescription(await peer.createOffer())
         connection = SmallWebRTCConnection(ice_servers=[])
         await connection.initialize(sdp=peer.localDescription.sdp, type="offer")
@@ -252,28 +303,20 @@ def test_small_webrtc_call_shows_the_avatar_to_an_aiortc_peer(
         transport = SmallWebRTCTransport(connection, TransportParams(
             audio_out_enabled=True, video_out_enabled=True, video_out_is_live=True,
             video_out_width=512, video_out_height=512, video_out_framerate=25))
-        video: list[np.ndarray] = []
-        sound: list[np.ndarray] = []
-
-        async def pull(track: Any) -> None:
-            with contextlib.suppress(Exception):
-                while True:
-                    frame = await track.recv()
-                    if track.kind == "video":
-                        video.append(frame.to_ndarray(format="rgb24"))
-                    else:
-                        sound.append(frame.to_ndarray().reshape(-1))
-
-        pulls = [asyncio.create_task(pull(r.track)) for r in peer.getReceivers()]
+        received = TrackRecorder(peer)
         async with await LocalAvatars.start(home=tmp_path) as avatars:
             service, stamp = VivifyVideoService(avatars=avatars), Stamp()
-            frames = [SleepFrame(0.5), *tts_frames(pcm, rate), SleepFrame(3.0)]
+            events = recorder(service)
+            frames = script(
+                Until(lambda: len(received.video) > 0, "the peer's first frame"),
+                tts_frames(pcm, rate),
+                Until(lambda: bool(finished(events)), "the speech played"),
+                Until(grown_by(lambda: len(received.video), 25), "1 s more reached the peer"))
             await run_test(Pipeline([service, stamp, transport.output()]),
                            frames_to_send=frames, start_timeout=START_TIMEOUT)
-        for task in pulls:
-            task.cancel()
+        await received.stop()
         await peer.close()
-        return video, sound, stamp
+        return received.video, received.audio, stamp
 
     video, sound, stamp = asyncio.run(scenario())
     _, images = outputs(stamp.log)

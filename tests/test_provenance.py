@@ -12,10 +12,10 @@ from vivify.engines.provenance.stamp import ProvenanceStamp
 from vivify.engines.provenance.watermark import detect_frames, session_payload
 from vivify.streamer.offline.render import RenderOptions
 from vivify.streamer.server.config import ServerConfig
-from vivify.streamer.server.sessions import SessionManager
+from vivify.streamer.server.manager import SessionManager
 
 
-def test_stamp_marks_and_labels(pack) -> None:  # type: ignore[no-untyped-def]
+def test_stamp_marks_and_labels(pack) -> None:
     crop = pack.crop
     plain = ProvenanceStamp("s-1")
     labelled = ProvenanceStamp("s-1", DisclosureConfig(text="AI-generated"))
@@ -34,7 +34,7 @@ def test_stamp_marks_and_labels(pack) -> None:  # type: ignore[no-untyped-def]
     assert found.payload.session_hex == labelled.info.session_hash
 
 
-def test_stamp_in_place_owns_the_frame(pack) -> None:  # type: ignore[no-untyped-def]
+def test_stamp_in_place_owns_the_frame(pack) -> None:
     frame = pack.crop.copy()
     out = ProvenanceStamp("s-2").apply(frame, inplace=True)
     assert out is frame and not np.array_equal(frame, pack.crop)
@@ -59,7 +59,7 @@ def test_bad_label_settings_are_refused() -> None:
 
 
 def test_answer_codec_is_read_from_the_video_section() -> None:
-    from vivify.streamer.server.sessions import _video_codec
+    from vivify.streamer.rtc.negotiation import video_codec as _video_codec
 
     sdp = ("v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
            "m=video 9 UDP/TLS/RTP/SAVPF 102 97\r\na=rtpmap:97 VP8/90000\r\n"

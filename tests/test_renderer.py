@@ -23,7 +23,7 @@ def luma(img: np.ndarray) -> np.ndarray:
 
 
 def polygon_mask(shape: tuple[int, ...], poly: np.ndarray, grow: int = 0) -> np.ndarray:
-    mask = np.zeros(shape[:2], np.uint8)
+    mask: np.ndarray = np.zeros(shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
     if grow:
         mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
@@ -50,7 +50,7 @@ EXTREMES = {
 }
 
 
-def test_rest_reproduces_the_source(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_rest_reproduces_the_source(renderer: Renderer, pack) -> None:
     frame = renderer.render(rest_motion())
     assert psnr(frame.image, pack.crop) >= 40.0
     assert psnr(renderer.paste_back(frame.image), pack.full) >= 40.0
@@ -76,7 +76,7 @@ def test_flow_never_folds(renderer: Renderer, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["yaw+", "pitch-", "roll+", "near+right", "far+left"])
-def test_head_moves_hair_but_not_background(renderer: Renderer, pack, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_head_moves_hair_but_not_background(renderer: Renderer, pack, name: str) -> None:
     img = renderer.render(EXTREMES[name]).image
     still = renderer.flow.still
     assert still.mean() > 0.1  # the crop's corners: background and torso
@@ -89,7 +89,7 @@ def test_head_moves_hair_but_not_background(renderer: Renderer, pack, name: str)
     assert np.abs(img[hair].astype(int) - pack.crop[hair].astype(int)).mean() > 2.0
 
 
-def test_open_mouth_shows_a_cavity_with_teeth(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_open_mouth_shows_a_cavity_with_teeth(renderer: Renderer, pack) -> None:
     frame = renderer.render(motion(jaw_open=1.0))
     pts = frame.pose.points
     inside = polygon_mask(frame.image.shape, mouth_opening_polygon(pts))
@@ -107,7 +107,7 @@ def test_open_mouth_shows_a_cavity_with_teeth(renderer: Renderer, pack) -> None:
     assert np.abs(cavity.mean(axis=0) - lip).sum() > 100
 
 
-def test_pressed_lips_look_closed(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_pressed_lips_look_closed(renderer: Renderer, pack) -> None:
     """The portrait smiles with its teeth showing; /p b m/ must hide them."""
     rest_pts = renderer.render(rest_motion()).pose.points
     teeth_rest = polygon_mask(pack.crop.shape, mouth_opening_polygon(rest_pts))
@@ -123,7 +123,7 @@ def test_pressed_lips_look_closed(renderer: Renderer, pack) -> None:  # type: ig
     assert (teeth_like(frame.image) & teeth_rest).sum() < 0.25 * before
 
 
-def test_jaw_changes_the_mouth_region_monotonically(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_jaw_changes_the_mouth_region_monotonically(renderer: Renderer, pack) -> None:
     lm = pack.landmarks
     box = lm[list(ft.LIPS_LOWER_OUTER + ft.LIPS_UPPER_OUTER), :2]
     (x0, y0), (x1, y1) = box.min(0).astype(int) - 10, box.max(0).astype(int) + 40
@@ -132,7 +132,7 @@ def test_jaw_changes_the_mouth_region_monotonically(renderer: Renderer, pack) ->
     assert diffs[0] > 1.0 and diffs == sorted(diffs)
 
 
-def test_blink_covers_the_eyes_with_lid(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_blink_covers_the_eyes_with_lid(renderer: Renderer, pack) -> None:
     lm = pack.landmarks
     frame = renderer.render(motion(blink_l=1.0, blink_r=1.0))
     for centre in (ft.RIGHT_IRIS_CENTER, ft.LEFT_IRIS_CENTER):
@@ -145,7 +145,7 @@ def test_blink_covers_the_eyes_with_lid(renderer: Renderer, pack) -> None:  # ty
         assert after > before + 0.5 * (skin - before)  # lid skin over it when closed
 
 
-def test_gaze_moves_the_irises(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_gaze_moves_the_irises(renderer: Renderer, pack) -> None:
     lm = pack.landmarks
 
     def iris_x(img: np.ndarray, centre: int) -> float:
@@ -171,7 +171,7 @@ def test_inversion_converges(renderer: Renderer) -> None:
         assert renderer.flow.residual(field, positions) < 0.5, name
 
 
-def test_paste_back_is_seamless(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_paste_back_is_seamless(renderer: Renderer, pack) -> None:
     full = renderer.paste_back(renderer.render(motion(head_yaw=1.0, jaw_open=0.5)).image)
     assert full.shape == pack.full.shape
     changed = np.abs(full.astype(int) - pack.full.astype(int)).max(axis=2) > 0
@@ -185,7 +185,7 @@ def test_paste_back_is_seamless(renderer: Renderer, pack) -> None:  # type: igno
     assert np.abs(edge).mean() < 12
 
 
-def test_config_validation(pack) -> None:  # type: ignore[no-untyped-def]
+def test_config_validation(pack) -> None:
     from vivify.engines.render.renderer import RenderConfig
 
     with pytest.raises(ValueError, match="grid_step"):
@@ -197,7 +197,7 @@ def test_config_validation(pack) -> None:  # type: ignore[no-untyped-def]
         Renderer(pack, RenderConfig(iterations=0))
 
 
-def test_gaze_keeps_the_eye_white_intact(renderer: Renderer, pack) -> None:  # type: ignore[no-untyped-def]
+def test_gaze_keeps_the_eye_white_intact(renderer: Renderer, pack) -> None:
     """Outside the old and new iris discs, the eye after a gaze shift looks like the source."""
     frame = renderer.render(motion(gaze_x=0.4))
     lm = pack.landmarks

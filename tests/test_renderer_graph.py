@@ -40,12 +40,12 @@ MOTIONS = {
 
 
 @pytest.fixture(scope="module")
-def bank(pack):  # type: ignore[no-untyped-def]
+def bank(pack):
     return build_bank([pack])
 
 
 @pytest.fixture(scope="module")
-def graph_frames(bank) -> np.ndarray:  # type: ignore[no-untyped-def]
+def graph_frames(bank) -> np.ndarray:
     torch.set_num_threads(1)
     feeds = renderer_feeds(bank, np.stack(list(MOTIONS.values())))
     with torch.no_grad():
@@ -61,7 +61,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> ModelManifest:
 
 
 @pytest.mark.parametrize("name", list(MOTIONS))
-def test_graph_matches_cpu_renderer(renderer, graph_frames: np.ndarray, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_graph_matches_cpu_renderer(renderer, graph_frames: np.ndarray, name: str) -> None:
     reference = renderer.render(MOTIONS[name]).image
     got = graph_frames[list(MOTIONS).index(name)]
     value = psnr(reference, got)
@@ -93,7 +93,7 @@ def test_polygraphy_inspection(exported: ModelManifest) -> None:
     assert any("motion" in line for line in report["polygraphy_summary"])
 
 
-def test_onnx_runtime_matches_torch_with_mixed_avatars(pack, bank, exported: ModelManifest  # type: ignore[no-untyped-def]
+def test_onnx_runtime_matches_torch_with_mixed_avatars(pack, bank, exported: ModelManifest
                                                        ) -> None:
     """Dynamic batch 1 and 3, rows picking different avatars of a two-avatar bank."""
     two = {k: np.concatenate([v, v]) for k, v in bank.items()}
@@ -113,14 +113,14 @@ def test_onnx_runtime_matches_torch_with_mixed_avatars(pack, bank, exported: Mod
     assert psnr(to_uint8(got[0]), to_uint8(got[1])) < 15  # row 1 used the other avatar
 
 
-def test_bank_checks_geometry(pack) -> None:  # type: ignore[no-untyped-def]
+def test_bank_checks_geometry(pack) -> None:
     with pytest.raises(ValueError, match="graph is 256"):
         build_bank([pack], GraphGeometry(size=256))
     with pytest.raises(ValueError, match="at least one"):
         build_bank([])
 
 
-def test_graph_for_torch_runner_on_cpu(bank, exported: ModelManifest) -> None:  # type: ignore[no-untyped-def]
+def test_graph_for_torch_runner_on_cpu(bank, exported: ModelManifest) -> None:
     """The torch runner builds the twin from the manifest's torch_factory (CPU here)."""
     from vivify.engines.runtimes.torch_runner import TorchConfig, TorchRunner
 
@@ -140,7 +140,7 @@ def test_export_cli(tmp_path: Path) -> None:
         assert manifest.onnx_path.is_file()
 
 
-def test_graph_is_device_clean(bank) -> None:  # type: ignore[no-untyped-def]
+def test_graph_is_device_clean(bank) -> None:
     """Every constant lives in a buffer: the whole forward runs on another device (meta here,
     CUDA on a GPU host) without one host tensor, which a CUDA-graph capture would refuse."""
     graph = RendererGraph().eval().to("meta")

@@ -17,7 +17,7 @@ from vivify.engines.render.rig import Rig
 
 
 @pytest.fixture(scope="module")
-def rig(pack):  # type: ignore[no-untyped-def]
+def rig(pack):
     return Rig(pack.landmarks, pack.size)
 
 
@@ -31,7 +31,7 @@ def test_rest_pose_is_the_source(rig: Rig) -> None:
     assert not pose.iris_offset.any()
 
 
-def test_displacements_scale_with_the_face(pack) -> None:  # type: ignore[no-untyped-def]
+def test_displacements_scale_with_the_face(pack) -> None:
     small = Rig(pack.landmarks, pack.size)
     big_lm = pack.landmarks * 2.0
     big = Rig(big_lm, pack.size * 2)

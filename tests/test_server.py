@@ -1,131 +1,68 @@
-"""The streaming server end to end: a real uvicorn server, a real aiortc peer on loopback."""
+"""The streaming server end to end: a real uvicorn server, a real aiortc peer on loopback,
+driven through the project's API client (vivify.streamer.client).
+
+No test sleeps for a fixed time or bounds a rate: each waits for what it needs (frames
+received, speech played, an event) with a generous timeout; rates and latencies are measured
+by ``make bench``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
-import socket
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 import websockets
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from aiortc.contrib.media import MediaPlayer
-from media import espeak_wav
 
+from tests.support.images import png_bytes
+from tests.support.live_server import TOKEN, LiveServer
+from tests.support.net import free_port
+from tests.support.rtc import TrackRecorder
+from tests.support.video import mouth_activity
+from tests.support.waiting import eventually, grown_by, wait_until
 from vivify.engines.audio.audio_io import float_to_pcm16, load_audio
 from vivify.engines.provenance.watermark import detect_frames
-from vivify.streamer.server.config import ServerConfig
-from vivify.streamer.server.serve import build
+from vivify.streamer.client import ApiClient, offer_peer
 
 pytestmark = pytest.mark.slow
-TOKEN = "s3cret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class LiveServer:
-    def __init__(self, home: Path, token: str | None, max_sessions: int = 4,
-                 driver: str = "baseline", **config_overrides: Any) -> None:
-        self.port = _free_port()
-        config = ServerConfig(port=self.port, token=token, max_sessions=max_sessions,
-                              max_upload_bytes=2 * 2**20, driver=driver, **config_overrides)
-        self.app, self.manager = build(config, home=home)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def server(face_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    with LiveServer(tmp_path_factory.mktemp("home"), TOKEN) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return espeak_wav("Hello there. My name is Peter, and I bought a bottle of milk.",
-                      tmp_path_factory.mktemp("speech") / "speech.wav")
+MEDIA_TIMEOUT_S = 60.0  # a stuck-test bound for media to arrive; never a speed requirement
 
 
 def api(server: LiveServer) -> httpx.Client:
+    """Raw HTTP, for the tests of the wire itself (status codes, error bodies)."""
     return httpx.Client(base_url=server.url, headers=server.headers, timeout=30)
 
 
-async def _receive(pc: RTCPeerConnection, seconds: float) -> dict[str, Any]:
-    """Collect decoded video frames (with arrival times) and audio for ``seconds``."""
-    video: list[tuple[float, np.ndarray]] = []
-    audio: list[np.ndarray] = []
-    tasks = []
-
-    async def pull(track: Any) -> None:
-        with contextlib.suppress(Exception):
-            while True:
-                frame = await track.recv()
-                if track.kind == "video":
-                    video.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
-                else:
-                    audio.append(frame.to_ndarray().reshape(-1))
-
-    for t in pc.getReceivers():
-        tasks.append(asyncio.create_task(pull(t.track)))
-    await asyncio.sleep(seconds)
-    for t in tasks:
-        t.cancel()
-    return {"video": video, "audio": audio}
+def _client(server: LiveServer) -> ApiClient:
+    return ApiClient(server.url, server.token)
 
 
-async def _connect(server: LiveServer, body: dict[str, Any], wav: Path | None,
-                   path: str = "/v1/sessions") -> tuple[RTCPeerConnection, dict[str, Any]]:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    if wav is not None:
-        player = MediaPlayer(str(wav))
-        pc.addTrack(player.audio)
-    else:
-        pc.addTransceiver("audio", direction="recvonly")
-    pc.addTransceiver("video", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    body = dict(body, offer={"type": "offer", "sdp": pc.localDescription.sdp})
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as c:
-        r = await c.post(path, json=body)
-    assert r.status_code == 201, r.text
-    data = r.json()
-    await pc.setRemoteDescription(RTCSessionDescription(**data["answer"]))
-    return pc, data
+async def _connect(client: ApiClient, body: dict[str, Any], wav: Path | None
+                   ) -> tuple[RTCPeerConnection, dict[str, Any], TrackRecorder]:
+    """A session (mirror when ``wav`` is its microphone, else a receive-only broadcast peer)
+    with a recorder already pulling what comes back."""
+    pc = offer_peer("mirror", MediaPlayer(str(wav)).audio) if wav else offer_peer("broadcast")
+    data = await client.create_session(pc, body)
+    return pc, data, TrackRecorder(pc)
 
 
-def _mouth_activity(frames: list[np.ndarray]) -> np.ndarray:
-    """Mean absolute frame-to-frame change in the mouth region of the default avatar crop."""
-    region = [f[290:380, 190:320].astype(np.float32) for f in frames]
-    return np.array([np.abs(b - a).mean() for a, b in itertools.pairwise(region)])
+async def _viewer(client: ApiClient, session_id: str) -> tuple[RTCPeerConnection, TrackRecorder]:
+    pc = offer_peer("viewer")
+    await client.add_viewer(session_id, pc)
+    return pc, TrackRecorder(pc)
+
+
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    await eventually(cond, MEDIA_TIMEOUT_S, what)
 
 
 def test_health_metrics_and_docs(server: LiveServer) -> None:
@@ -147,8 +84,6 @@ def test_auth_required_and_refused(server: LiveServer) -> None:
 
 
 def test_avatar_upload_errors_and_lifecycle(server: LiveServer, astronaut: np.ndarray) -> None:
-    from conftest import png_bytes
-
     yes = {"consent": "true", "consent_by": "Test Uploader"}
     portrait = png_bytes(astronaut[:, ::-1].copy())
     with api(server) as c:
@@ -198,25 +133,27 @@ def test_session_request_errors(server: LiveServer) -> None:
 
 def test_mirror_call_returns_lip_synced_video_and_audio(server: LiveServer, speech: Path) -> None:
     async def scenario() -> dict[str, Any]:
-        pc, data = await _connect(server, {"mode": "mirror", "video": {"codec": "vp8"}}, speech)
-        got = await _receive(pc, 6.0)
+        async with _client(server) as client:
+            pc, data, rec = await _connect(client, {"mode": "mirror", "video": {"codec": "vp8"}},
+                                           speech)
         session = server.manager.get(data["id"])
+        # Most of the speech (≈4 s) has played and come back: 3 s of it, 4 s of video.
+        await _until(lambda: session.media.stats.live_slots >= 75 and len(rec.video) >= 100,
+                     "3 s of the speech played and 4 s of video received")
         stats = session.stats()
         # aiortc's audio receiver holds 4 packets (80 ms) by default; the server shortens it.
+        assert session.pc is not None
         buffers = [getattr(r, "_RTCRtpReceiver__jitter_buffer", None)
                    for r in session.pc.getReceivers() if r.track and r.track.kind == "audio"]
-        assert [b._prefetch for b in buffers] == [1]
+        assert [getattr(b, "_prefetch", None) for b in buffers] == [1]
+        await rec.stop()
         await pc.close()
-        return dict(got, stats=stats, id=data["id"])
+        return {"video": rec.video, "audio": rec.audio, "stats": stats, "id": data["id"]}
 
     got = asyncio.run(scenario())
-    frames = [f for _, f in got["video"]]
+    frames = got["video"]
     assert frames and frames[0].shape == (512, 512, 3)
-    times = np.array([t for t, _ in got["video"]])
-    steady = times[times > times[0] + 1.0]
-    fps = (len(steady) - 1) / (steady[-1] - steady[0])
-    assert 20.0 <= fps <= 30.0, fps
-    activity = _mouth_activity(frames)
+    activity = mouth_activity(frames)
     assert activity.max() > 3.0  # the mouth moved while the speech played
     # Every streamed frame is watermarked with this session's hash, through VP8 and back.
     found = detect_frames(frames[:75])
@@ -225,50 +162,57 @@ def test_mirror_call_returns_lip_synced_video_and_audio(server: LiveServer, spee
     assert got["stats"]["provenance"]["label"] == "AI-generated"  # on unless asked otherwise
     audio = np.concatenate(got["audio"]).astype(np.float32)
     assert np.abs(audio).max() > 1000  # the same speech came back
-    assert got["stats"]["media"]["live_slots"] > 25
-    # The peer left: the session is cleaned up within 5 s.
-    deadline = time.time() + 6
-    while got["id"] in server.manager.sessions and time.time() < deadline:
-        time.sleep(0.1)
-    assert got["id"] not in server.manager.sessions
+    assert got["stats"]["media"]["live_slots"] >= 75
+    # The peer left: the session is cleaned up (its connection closed).
+    wait_until(lambda: got["id"] not in server.manager.sessions, 15, "the session to end")
 
 
 def test_broadcast_with_two_viewers_driven_by_websocket(server: LiveServer, speech: Path) -> None:
     pcm = float_to_pcm16(load_audio(speech))
 
-    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as c:
-            r = await c.post("/v1/sessions", json={"mode": "broadcast"})
-        assert r.status_code == 201
-        sid = r.json()["id"]
-        viewers = [await _connect(server, {}, None, f"/v1/sessions/{sid}/viewers")
-                   for _ in range(2)]
-        events: list[dict[str, Any]] = []
-        url = f"ws://127.0.0.1:{server.port}/v1/sessions/{sid}/ws?token={TOKEN}"
-        async with websockets.connect(url) as ws:
-            async def listen() -> None:
-                with contextlib.suppress(Exception):
-                    async for m in ws:
-                        events.append(json.loads(m))
-            listener = asyncio.create_task(listen())
-            await asyncio.sleep(1.0)
-            for i in range(0, len(pcm), 32000):
-                await ws.send(pcm[i:i + 32000])
-            await ws.send(json.dumps({"type": "segment_end"}))
-            received = await asyncio.gather(*(_receive(pc, 5.0) for pc, _ in viewers))
-            await ws.send(b"\x01\x02\x03")  # odd length: not PCM s16
-            await ws.send("{nope")
-            await ws.send(json.dumps({"type": "dance"}))
-            await ws.send(json.dumps({"type": "controls", "emotion": "happy", "gaze": [0.5, 0]}))
-            await ws.send(json.dumps({"type": "stats"}))
-            await asyncio.sleep(0.5)
-            listener.cancel()
-        stats = server.manager.get(sid).stats()
-        for pc, _ in viewers:
-            await pc.close()
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as c:
-            assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 204
-        return list(received), events, stats
+    async def scenario() -> tuple[list[list[np.ndarray]], list[dict[str, Any]], dict[str, Any]]:
+        async with _client(server) as client:
+            sid = (await client.create_session(None, {"mode": "broadcast"}))["id"]
+            viewers = [await _viewer(client, sid) for _ in range(2)]
+            events: list[dict[str, Any]] = []
+
+            def seen(kind: str, code: str | None = None) -> bool:
+                return any(e["type"] == kind and (code is None or e.get("code") == code)
+                           for e in events)
+
+            # The token as a query parameter (what a browser's WebSocket can send); the
+            # client's header is the other way in (test_interrupt_returns_to_idle).
+            url = f"ws://127.0.0.1:{server.port}/v1/sessions/{sid}/ws?token={TOKEN}"
+            async with websockets.connect(url) as ws:
+                async def listen() -> None:
+                    with contextlib.suppress(Exception):
+                        async for m in ws:
+                            events.append(json.loads(m))
+                listener = asyncio.create_task(listen())
+                # Both viewers watch before the speech starts, so each sees all of it.
+                await _until(lambda: all(len(r.video) >= 3 for _, r in viewers),
+                             "both viewers' first frames")
+                for i in range(0, len(pcm), 32000):
+                    await ws.send(pcm[i:i + 32000])
+                await ws.send(json.dumps({"type": "segment_end"}))
+                await _until(lambda: seen("playback_finished")
+                             and all(len(r.video) > 75 for _, r in viewers),
+                             "the speech to play out to both viewers")
+                await ws.send(b"\x01\x02\x03")  # odd length: not PCM s16
+                await ws.send("{nope")
+                await ws.send(json.dumps({"type": "dance"}))
+                await ws.send(json.dumps({"type": "controls", "emotion": "happy",
+                                          "gaze": [0.5, 0]}))
+                await ws.send(json.dumps({"type": "stats"}))
+                await _until(lambda: seen("error", "bad_audio") and seen("error", "bad_message")
+                             and seen("stats"), "the answers to the bad messages and stats")
+                listener.cancel()
+            stats = server.manager.get(sid).stats()
+            for pc, rec in viewers:
+                await rec.stop()
+                await pc.close()
+            assert await client.delete_session(sid) is True
+        return [rec.video for _, rec in viewers], events, stats
 
     received, events, stats = asyncio.run(scenario())
     types = [e["type"] for e in events]
@@ -282,39 +226,42 @@ def test_broadcast_with_two_viewers_driven_by_websocket(server: LiveServer, spee
     # One shared encode for both viewers, not one per viewer.
     encoded = stats["viewer_encoder"]["frames_encoded"]
     assert encoded >= 75 and encoded <= stats["media"]["slots_played"]
-    for got in received:
-        frames = [f for _, f in got["video"]]
-        assert len(frames) > 75 and _mouth_activity(frames).max() > 3.0
+    for frames in received:
+        assert len(frames) > 75 and mouth_activity(frames).max() > 3.0
 
 
 def test_interrupt_returns_to_idle(server: LiveServer, speech: Path) -> None:
     pcm = float_to_pcm16(load_audio(speech))
+    speech_ms = len(pcm) // 32  # s16 at 16 kHz: 32 bytes per ms
 
     async def scenario() -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as c:
-            sid = (await c.post("/v1/sessions", json={"mode": "broadcast"})).json()["id"]
-        session = server.manager.get(sid)
-        events: list[dict[str, Any]] = []
-        url = f"ws://127.0.0.1:{server.port}/v1/sessions/{sid}/ws"
-        async with websockets.connect(url, additional_headers=server.headers) as ws:
-            for i in range(0, len(pcm), 32000):
-                await ws.send(pcm[i:i + 32000])
-            await asyncio.sleep(1.0)
-            live_before = session.media.stats.live_slots
-            await ws.send(json.dumps({"type": "interrupt"}))
-            while not events or events[-1]["type"] != "playback_finished":
-                events.append(json.loads(await asyncio.wait_for(ws.recv(), 2)))
-            await asyncio.sleep(0.3)
-            after_settle = session.media.stats.live_slots
-            await asyncio.sleep(1.0)
-            live_after = session.media.stats.live_slots
-        await session.aclose("test over")
+        async with _client(server) as client:
+            sid = (await client.create_session(None, {"mode": "broadcast"}))["id"]
+            session = server.manager.get(sid)
+            stats = session.media.stats
+            events: list[dict[str, Any]] = []
+            async with client.websocket(sid) as ws:  # the token in the header
+                for i in range(0, len(pcm), 32000):
+                    await ws.send(pcm[i:i + 32000])
+                await _until(lambda: stats.live_slots >= 25, "1 s of the speech to play")
+                live_before = stats.live_slots
+                await ws.send(json.dumps({"type": "interrupt"}))
+                while not events or events[-1]["type"] != "playback_finished":
+                    events.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                await _until(grown_by(lambda: stats.slots_played, 8),
+                             "the slots in flight at the interrupt to play")
+                after_settle = stats.live_slots
+                await _until(grown_by(lambda: stats.slots_played, 25), "1 s more of idle")
+                live_after = stats.live_slots
+            await session.aclose("test over")
         return events, {"before": live_before, "settle": after_settle, "after": live_after}
 
     events, counts = asyncio.run(scenario())
     assert [e["type"] for e in events] == ["playback_started", "playback_finished"]
-    assert events[-1]["interrupted"] is True and 500 < events[-1]["position_ms"] < 2000
-    assert counts["before"] > 10
+    position = events[-1]["position_ms"]
+    assert events[-1]["interrupted"] is True
+    # It stopped where it was when interrupted: after what had played, well before the end.
+    assert (counts["before"] - 2) * 40 <= position < speech_ms - 500, (position, speech_ms)
     assert counts["after"] == counts["settle"]  # nothing of the old speech plays after it
 
 
@@ -327,20 +274,20 @@ def test_capacity_answers_503(face_models: Path, tmp_path: Path) -> None:
 
 
 def test_three_concurrent_mirror_sessions(server: LiveServer, speech: Path) -> None:
-    async def scenario() -> list[dict[str, Any]]:
-        peers = [await _connect(server, {"mode": "mirror"}, speech) for _ in range(3)]
-        got = await asyncio.gather(*(_receive(pc, 5.0) for pc, _ in peers))
-        for pc, _ in peers:
+    async def scenario() -> list[list[np.ndarray]]:
+        async with _client(server) as client:
+            peers = [await _connect(client, {"mode": "mirror"}, speech) for _ in range(3)]
+        await _until(lambda: all(len(rec.video) >= 100 for _, _, rec in peers),
+                     "4 s of video on every peer")
+        for pc, _, rec in peers:
+            await rec.stop()
             await pc.close()
-        return list(got)
+        return [rec.video for _, _, rec in peers]
 
-    # Three servers' worth of encoding plus three clients' decoding share these 2 cores, so
-    # this checks that every session keeps flowing; rates are measured in bench/loopback.py.
-    for got in asyncio.run(scenario()):
-        times = np.array([t for t, _ in got["video"]])
-        steady = times[times > times[0] + 1.0]
-        assert (len(steady) - 1) / (steady[-1] - steady[0]) >= 12.0
-        assert _mouth_activity([f for _, f in got["video"]]).max() > 3.0
+    # Three servers' worth of encoding plus three clients' decoding share these cores, so this
+    # checks that every session keeps flowing and speaking; rates are measured in bench/.
+    for frames in asyncio.run(scenario()):
+        assert mouth_activity(frames).max() > 3.0
 
 
 def _server_tasks(server: LiveServer) -> int:
@@ -363,16 +310,15 @@ def _rss_mb() -> float:
 
 def test_connect_disconnect_cycles_leak_nothing(server: LiveServer, speech: Path) -> None:
     """Sessions, tasks and threads return to their baseline; memory stays flat."""
-    deadline = time.time() + 10
-    while server.manager.sessions and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not server.manager.sessions, 15, "the earlier tests' sessions to end")
 
     async def mirror_cycle() -> None:
-        pc, data = await _connect(server, {"mode": "mirror"}, speech)
-        await _receive(pc, 0.3)
-        await pc.close()
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as c:
-            await c.delete(f"/v1/sessions/{data['id']}")
+        async with _client(server) as client:
+            pc, data, rec = await _connect(client, {"mode": "mirror"}, speech)
+            await _until(lambda: len(rec.video) >= 3, "the call's first frames")
+            await rec.stop()
+            await pc.close()
+            await client.delete_session(data["id"])  # False if it had ended with its peer
 
     def broadcast_cycle(c: httpx.Client) -> None:
         sid = c.post("/v1/sessions", json={"mode": "broadcast"}).json()["id"]
@@ -386,16 +332,16 @@ def test_connect_disconnect_cycles_leak_nothing(server: LiveServer, speech: Path
             broadcast_cycle(c)
         for _ in range(2):
             asyncio.run(mirror_cycle())
-        time.sleep(1.0)
+        wait_until(lambda: not server.manager.sessions, 15, "the warm-up sessions to end")
         tasks0, threads0, rss0 = _server_tasks(server), threading.active_count(), _rss_mb()
         for _ in range(100):
             broadcast_cycle(c)
         for _ in range(10):
             asyncio.run(mirror_cycle())
-        time.sleep(1.5)
-    assert server.manager.sessions == {}
-    assert _server_tasks(server) <= tasks0 + 2
-    assert threading.active_count() <= threads0 + 2
+    # Closing finishes in the background (peers, encoders, threads): wait for the baseline.
+    wait_until(lambda: (not server.manager.sessions and _server_tasks(server) <= tasks0 + 2
+                        and threading.active_count() <= threads0 + 2), 30,
+               f"sessions, tasks ({tasks0}) and threads ({threads0}) back to their baseline")
     assert _rss_mb() - rss0 < 60, f"RSS grew {_rss_mb() - rss0:.0f} MB over 110 sessions"
 
 
@@ -407,7 +353,7 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     (tmp_path / "models").symlink_to(face_models.parent)  # a private home, the same models
     env = dict(os.environ, VIVIFY_HOME=str(tmp_path))
     env.pop("VIVIFY_TOKEN", None)
@@ -429,12 +375,12 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
             return last, ws.close_code
 
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
+        def healthy() -> bool:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            return proc.poll() is not None  # it exited: stop waiting, the asserts say why
+
+        wait_until(healthy, 90, "the server to start")
         r = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={"mode": "broadcast"},
                        headers=auth)
         assert r.status_code == 201
@@ -453,8 +399,6 @@ def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: 
 
 def test_verify_endpoint_and_label_choice(server: LiveServer, astronaut: np.ndarray) -> None:
     """``POST /v1/verify`` answers like ``vivify verify``; ``label`` picks the visible label."""
-    from conftest import png_bytes
-
     from vivify.engines.provenance.watermark import Watermarker, session_payload
 
     crop = np.ascontiguousarray(astronaut[:512, :512])
@@ -484,16 +428,21 @@ def test_learned_driver_sessions_share_generator_calls(face_models: Path, tmp_pa
     pcm = float_to_pcm16(load_audio(speech))[: 3 * 32000]  # bytes: 3 s of s16 at 16 kHz
 
     async def scenario(live: LiveServer) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(base_url=live.url) as c:
-            ids = [(await c.post("/v1/sessions", json={"mode": "broadcast"})).json()["id"]
+        async with ApiClient(live.url) as client:
+            ids = [(await client.create_session(None, {"mode": "broadcast"}))["id"]
                    for _ in range(2)]
             for sid in ids:
-                async with websockets.connect(
-                        f"ws://127.0.0.1:{live.port}/v1/sessions/{sid}/ws") as ws:
+                async with client.websocket(sid) as ws:
                     for i in range(0, len(pcm), 16000):  # 0.5 s per message
                         await ws.send(pcm[i:i + 16000])
-            await asyncio.sleep(4.0)
-            return [(await c.get(f"/v1/sessions/{sid}")).json() for sid in ids]
+            media = [live.manager.get(sid).media.stats for sid in ids]
+            batcher = live.manager.batcher
+            assert batcher is not None
+            # 2 × 3 s of speech + idle, W = 2 frames per window: ≥ 100 windows once played.
+            await _until(lambda: all(m.live_slots >= 70 for m in media)
+                         and batcher.stats.as_dict()["windows"] >= 2 * 50,
+                         "both sessions' speech to play through the batcher")
+            return [await client.session_stats(sid) for sid in ids]
 
     with LiveServer(tmp_path, None, driver="learned") as live:
         stats = asyncio.run(scenario(live))
@@ -502,9 +451,8 @@ def test_learned_driver_sessions_share_generator_calls(face_models: Path, tmp_pa
     batching = health["batching"]
     assert batching["windows"] >= 2 * 50  # 2 × 3 s of speech + idle, W = 2 frames per window
     assert batching["calls"] <= batching["windows"]
-    for s in stats:
-        # All the speech played; a loaded 2-core machine may drop a pair or two at the start.
-        assert s["media"]["live_slots"] >= 70 and s["media"]["dropped_pairs"] <= 3, s["media"]
+    for s in stats:  # all the speech played (pairs dropped under load: bench's business)
+        assert s["media"]["live_slots"] >= 70, s["media"]
 
 
 @pytest.mark.parametrize("driver", ["baseline", "learned"])
@@ -515,8 +463,6 @@ def test_graph_renderer_batches_every_sessions_frames(face_models: Path, tmp_pat
     renderer graph; a viewer gets watermarked frames; closing the sessions frees the bank. With
     the learned driver both batchers (generator windows, frames) share the workers."""
     pytest.importorskip("torch")
-    from conftest import png_bytes
-
     from vivify.export.engine_export import export_renderer
 
     export_renderer(tmp_path / "engines")
@@ -525,28 +471,34 @@ def test_graph_renderer_batches_every_sessions_frames(face_models: Path, tmp_pat
 
     async def scenario(live: LiveServer) -> tuple[list[dict[str, Any]], dict[str, Any],
                                                   list[np.ndarray]]:
-        async with httpx.AsyncClient(base_url=live.url, timeout=30) as c:
-            r = await c.post("/v1/avatars", files={"image": ("b.png", mirrored, "image/png")},
-                             data={"consent": "true", "consent_by": "Test"})
-            assert r.status_code == 201, r.text
-            ids = []
-            for avatar in ("default", r.json()["id"], "default"):
-                r = await c.post("/v1/sessions", json={"mode": "broadcast", "avatar": avatar})
-                assert r.status_code == 201, r.text
-                ids.append(r.json()["id"])
-            pc, _ = await _connect(live, {}, None, f"/v1/sessions/{ids[0]}/viewers")
+        async with ApiClient(live.url) as client:
+            avatar = (await client.upload_avatar(mirrored, filename="b.png",
+                                                 consent_by="Test"))["id"]
+            ids = [(await client.create_session(None, {"mode": "broadcast", "avatar": a}))["id"]
+                   for a in ("default", avatar, "default")]
+            pc, rec = await _viewer(client, ids[0])
             for sid in ids:
-                async with websockets.connect(
-                        f"ws://127.0.0.1:{live.port}/v1/sessions/{sid}/ws") as ws:
+                async with client.websocket(sid) as ws:
                     for i in range(0, len(pcm), 16000):
                         await ws.send(pcm[i:i + 16000])
-            got = await _receive(pc, 4.0)
+            media = [live.manager.get(sid).media.stats for sid in ids]
+            render = live.manager.render_batcher
+            assert render is not None
+            # On the CPU the graph renders ~10–20 frames/s, far below the 75 the sessions ask
+            # for, so their frames queue up while a call runs and go together: batches grow on
+            # their own. (Each session has one frame in flight, so with N sessions overloaded
+            # a batch holds up to N − 1.)
+            await _until(lambda: len(rec.video) >= 10 and all(m.slots_played > 0 for m in media)
+                         and render.stats.as_dict()["windows"] >= 20
+                         and render.stats.as_dict()["largest"] >= 2,
+                         "frames of every session rendered in shared batches")
+            await rec.stop()
             await pc.close()
-            health = (await c.get("/healthz")).json()
-            stats = [(await c.get(f"/v1/sessions/{sid}")).json() for sid in ids]
+            health = await client.health()
+            stats = [await client.session_stats(sid) for sid in ids]
             for sid in ids:
-                assert (await c.delete(f"/v1/sessions/{sid}")).status_code == 204
-            return stats, health, [f for _, f in got["video"]]
+                assert await client.delete_session(sid) is True
+            return stats, health, rec.video
 
     with LiveServer(tmp_path / "home", None, driver=driver, renderer="graph",
                     renderer_runtime="ort-cpu",
@@ -557,9 +509,6 @@ def test_graph_renderer_batches_every_sessions_frames(face_models: Path, tmp_pat
     assert rend["kind"] == "graph" and rend["runtime"] == "ort-cpu", rend
     assert (health["batching"] is not None) == (driver == "learned")
     assert rend["avatars"] == 2 and rend["cpu_fallbacks"] == 0
-    # On the CPU the graph renders ~10–20 frames/s, far below the 75 the sessions ask for, so
-    # their frames queue up while a call runs and go together: batches grow on their own. (Each
-    # session has one frame in flight, so with N sessions overloaded a batch holds up to N − 1.)
     assert rend["batching"]["windows"] >= 20 and rend["batching"]["largest"] >= 2, rend
     assert all(s["media"]["slots_played"] > 0 for s in stats)
     assert after["renderer"]["avatars"] == 0

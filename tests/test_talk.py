@@ -24,8 +24,10 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
-from test_server import TOKEN, LiveServer, _mouth_activity
 
+from tests.support.live_server import TOKEN, LiveServer
+from tests.support.video import mouth_activity
+from tests.support.waiting import eventually
 from vivify.streamer.cli import talk
 from vivify.streamer.cli.talk import (
     EXIT_AUTH,
@@ -41,9 +43,6 @@ from vivify.streamer.cli.talk import (
     microphone_track,
     pick_device,
 )
-
-# The server fixtures and helpers are test_server's own: one definition of a live server.
-pytest_plugins = ["test_server"]
 
 
 def _run(argv: list[str]) -> int:
@@ -80,8 +79,7 @@ def test_mirror_file_is_recorded_in_sync(server: LiveServer, speech: Path, tmp_p
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "the audio file finished" in printed.out and f"saved {out}" in printed.out
-    received_fps = float(re.search(r"\(([\d.]+) fps, 512×512\)", printed.out)[1])  # type: ignore[index]
-    assert 15.0 <= received_fps <= 30.0  # real time; 25 unless the machine is overloaded
+    assert re.search(r"\(([\d.]+) fps, 512×512\)", printed.out)  # rates: bench/loopback.py
     session = re.search(r"session ([0-9a-f]+) ended", printed.out)[1]  # type: ignore[index]
     assert session not in server.manager.sessions  # DELETEd on the way out
 
@@ -91,7 +89,7 @@ def test_mirror_file_is_recorded_in_sync(server: LiveServer, speech: Path, tmp_p
     # The whole call is in the file: ~the speech (≈4 s) plus the 1 s tail, at 25 fps.
     assert 4.0 * 25 <= len(frames) <= (wall + 1) * 25
     assert abs(len(audio) / audio_rate - len(frames) / 25) < 0.3
-    activity = _mouth_activity(frames)
+    activity = mouth_activity(frames)
     assert activity.max() > 3.0  # the mouth moves while the speech plays
     assert np.abs(audio).max() > 0.1  # and the speech came back with it
 
@@ -324,7 +322,9 @@ def test_microphone_backlog_drops_oldest_but_keeps_capture_time() -> None:
     async def scenario() -> tuple[list[int], int]:
         capture = PcmCapture(FakeMic(16_000, blocks=30), 16_000, max_backlog=4)
         capture.start()
-        await asyncio.sleep(0.3)  # the consumer lags: the reader ran through all 30 blocks
+        thread = capture._thread
+        assert thread is not None  # the consumer lags: the reader runs through all 30 blocks
+        await eventually(lambda: not thread.is_alive(), what="the reader to reach the end")
         pts = []
         with pytest.raises(EOFError):
             while True:

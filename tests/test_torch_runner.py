@@ -65,7 +65,7 @@ def test_bucket_for() -> None:
         TorchConfig(batch_buckets=(4, 2))
 
 
-def test_padded_batches_give_the_unpadded_rows(manifest: ModelManifest, bank) -> None:  # type: ignore[no-untyped-def]
+def test_padded_batches_give_the_unpadded_rows(manifest: ModelManifest, bank) -> None:
     """Batch 3 padded to bucket 4 (rows repeated) returns exactly the 3 rows of an eager call."""
     eager = TorchRunner(manifest, TorchConfig(device="cpu"))
     padded = TorchRunner(manifest, TorchConfig(device="cpu", bucket_on_cpu=True,
@@ -81,7 +81,7 @@ def test_padded_batches_give_the_unpadded_rows(manifest: ModelManifest, bank) ->
     assert np.array_equal(got, ref)
 
 
-def test_uint8_matches_the_float_output(manifest: ModelManifest, bank) -> None:  # type: ignore[no-untyped-def]
+def test_uint8_matches_the_float_output(manifest: ModelManifest, bank) -> None:
     with TorchRunner(manifest, TorchConfig(device="cpu")) as runner:
         runner.pin({k: bank[k] for k in BANK_INPUTS})
         feeds = {"motion": MOTIONS[:2], "avatar": np.array([0, 1], np.int32)}
@@ -91,7 +91,7 @@ def test_uint8_matches_the_float_output(manifest: ModelManifest, bank) -> None: 
 
 
 @needs_cuda
-def test_cuda_graphs_match_eager_cpu(manifest: ModelManifest, bank) -> None:  # type: ignore[no-untyped-def]
+def test_cuda_graphs_match_eager_cpu(manifest: ModelManifest, bank) -> None:
     """Graph capture per bucket, replay with new inputs, a re-pinned bank: all equal the CPU
     twin within a grey level (different kernels, same maths)."""
     cpu = TorchRunner(manifest, TorchConfig(device="cpu"))

@@ -17,8 +17,8 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from test_watermark import camera_clip, render_clip, skimage_image
 
+from tests.test_watermark import camera_clip, render_clip, skimage_image
 from vivify.engines.provenance.watermark import Watermarker, session_payload
 from vivify.streamer.offline.verify import (
     EXIT_MARKED,
@@ -43,7 +43,7 @@ def run_cli(argv: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def clip(renderer) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def clip(renderer) -> list[np.ndarray]:
     return render_clip(renderer, n=60, seed=7)
 
 

@@ -49,4 +49,5 @@ def test_a_mumbling_mouth_and_a_late_one_are_caught() -> None:
     assert score(late, SEGS, audio).lag_frames == 3
     open_in_silence = ideal.copy()
     open_in_silence[:8] = 0.08
-    assert score(open_in_silence, SEGS, audio).silence_at_rest < 0.8
+    at_rest = score(open_in_silence, SEGS, audio).silence_at_rest
+    assert at_rest is not None and at_rest < 0.8

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
-import media
 import numpy as np
 import pytest
 
+from tests.support import media
 from vivify.streamer.offline.video_writer import Mp4Writer
 
 W, H, FPS, RATE = 128, 96, 25, 16_000

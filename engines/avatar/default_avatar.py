@@ -10,14 +10,14 @@ import os
 import tempfile
 from pathlib import Path
 
-from vivify.engines.avatar.model_store import default_cache_dir
+from vivify.engines.avatar.model_store import vivify_home
 
 DEFAULT_AVATAR_ID = "default"
 
 
 def default_portrait_path() -> Path:
     """Path of the default portrait PNG, created on first use (atomic write)."""
-    path = default_cache_dir().parent / "portraits" / "default-astronaut.png"
+    path = vivify_home() / "portraits" / "default-astronaut.png"
     if path.exists():
         return path
     from PIL import Image

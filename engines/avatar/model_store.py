@@ -91,12 +91,19 @@ class ModelFetchError(RuntimeError):
 _verified: set[tuple[str, int, int]] = set()
 
 
-def default_cache_dir() -> Path:
-    """``$VIVIFY_HOME/models`` when set, else ``~/.cache/vivify/models`` (read at call time)."""
+def vivify_home() -> Path:
+    """``$VIVIFY_HOME`` when set, else ``~/.cache/vivify`` (read at call time): the per-user
+    folder of what Vivify makes once and reuses (face models, portraits, prepared avatars,
+    engine caches), so an installed server writes nothing into its working folder."""
     home = os.environ.get("VIVIFY_HOME")
     if home:
-        return Path(home).expanduser() / "models"
-    return Path.home() / ".cache" / "vivify" / "models"
+        return Path(home).expanduser()
+    return Path.home() / ".cache" / "vivify"
+
+
+def default_cache_dir() -> Path:
+    """``$VIVIFY_HOME/models`` when set, else ``~/.cache/vivify/models`` (read at call time)."""
+    return vivify_home() / "models"
 
 
 def models_dir(cache_dir: Path | None = None) -> Path:

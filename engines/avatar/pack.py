@@ -32,7 +32,7 @@ from vivify.engines.avatar.face_landmarks import FaceAnalyzer, FaceDetection
 from vivify.engines.avatar.face_points import FacePoints
 from vivify.engines.avatar.face_search import find_face
 from vivify.engines.avatar.image_io import load_image
-from vivify.engines.avatar.model_store import default_cache_dir
+from vivify.engines.avatar.model_store import vivify_home
 from vivify.engines.errors import FaceTooSmallError, NoFaceError
 from vivify.engines.motion.vector import RIG_VERSION
 
@@ -106,7 +106,7 @@ class AvatarPack:
 
 def avatars_dir() -> Path:
     """Where prepared packs are cached (``$VIVIFY_HOME/avatars`` or ``~/.cache/vivify``)."""
-    return default_cache_dir().parent / "avatars"
+    return vivify_home() / "avatars"
 
 
 def pack_key(image_sha256: str, size: int, points: FacePoints | None = None) -> str:

@@ -40,6 +40,10 @@ Life — procedural, deterministic from ``seed`` and the frame index
     * Gaze: saccades to a new nearby target every 0.6–3 s plus a slow micro-drift.
     * Silence never gives a frozen face: every life signal moves on every frame.
 
+Controls — :meth:`BaselineDriver.set_controls` (the rules have no control input)
+    * The controls' motion offset (emotion preset, gaze, distance: ``controls.motion_offset``)
+      is added to every frame from then on, then clipped to the rig's range again.
+
 Streaming: ``push()`` emits frame ``i`` as soon as samples up to the end of frame
 ``i + lookahead_frames`` have arrived, so the algorithmic latency is ``(1 + lookahead_frames)``
 × 40 ms after the start of a frame (80 ms by default). Each frame is computed from the same
@@ -55,6 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vivify.engines.audio.audio_io import SAMPLE_RATE
+from vivify.engines.motion.controls import Controls, motion_offset
 from vivify.engines.motion.vector import INDEX, MOTION_DIM, clip_motion, rest_motion
 
 # --- Audio analysis -------------------------------------------------------------------------
@@ -455,6 +460,7 @@ class BaselineDriver:
         self._pending: list[np.ndarray] = []
         self._pending_len = 0
         self._frames = 0
+        self._offset: np.ndarray | None = None  # the controls' offset; None = no controls
 
     @property
     def frames_emitted(self) -> int:
@@ -467,6 +473,11 @@ class BaselineDriver:
         return (1 + self.config.lookahead_frames) * self._spf
 
     # -- streaming API --
+
+    def set_controls(self, controls: Controls) -> None:
+        """Frames emitted from now on carry the controls' motion offset."""
+        offset = motion_offset(controls)
+        self._offset = offset if offset.any() else None
 
     def push(self, chunk: np.ndarray) -> np.ndarray:
         """Add audio; return the (n, MOTION_DIM) float32 frames that became ready (n ≥ 0)."""
@@ -576,4 +587,6 @@ class BaselineDriver:
         loudness = targets["jaw_open"] / self.config.jaw_max if self.config.jaw_max else 0.0
         for name, value in self._life.step(frame, loudness).items():
             vec[INDEX[name]] += value
-        return clip_motion(vec)
+        out = clip_motion(vec)
+        # On the clipped frame, clipped again: the frame the rules make, moved by the offset.
+        return out if self._offset is None else clip_motion(out + self._offset)

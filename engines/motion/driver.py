@@ -4,6 +4,8 @@ A driver is a per-session streaming object. Audio goes in as 16 kHz mono float32
 size; motion frames (25 fps, ``MOTION_DIM`` floats each) come out as soon as the driver has the
 audio (plus its fixed lookahead) to make them. ``flush`` ends a segment, ``clear`` is an
 interruption: queued audio is dropped and the idle motion continues without a jump.
+``set_controls`` hands the driver the session's controls (emotion, gaze, distance): each driver
+applies them its own way, so no caller branches on the driver's type.
 
 The server and the offline renderer only ever talk to this protocol, so swapping the baseline
 driver for the learned generator changes nothing around them.
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from vivify.engines.motion.controls import Controls
 
 
 @runtime_checkable
@@ -32,6 +36,10 @@ class MotionDriver(Protocol):
         """Interruption: drop buffered audio; the next frames continue the idle motion."""
         ...
 
+    def set_controls(self, controls: Controls) -> None:
+        """The controls the frames made from now on follow (clamped by the driver)."""
+        ...
+
     @property
     def latency_samples(self) -> int:
         """Audio samples a frame waits for beyond its own 40 ms (the algorithmic lookahead)."""
@@ -44,10 +52,8 @@ class BatchableDriver(MotionDriver, Protocol):
 
     ``add_audio`` queues audio without running the model; ``ready_request`` returns the next
     window's model inputs (or None) without advancing; ``accept`` takes the model's output for
-    that window and returns the frames it shows. ``controls`` is the model's control input.
+    that window and returns the frames it shows (with the controls of ``set_controls``).
     """
-
-    controls: np.ndarray
 
     def add_audio(self, chunk: np.ndarray) -> None: ...
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from vivify.engines.avatar.model_store import sha256_file
+from vivify.engines.motion.controls import Controls
 from vivify.engines.motion.vector import EMOTIONS, MOTION_DIM, RIG_VERSION, clip_motion, rest_motion
 
 if TYPE_CHECKING:
@@ -273,6 +274,12 @@ def control_vector(gaze: tuple[float, float] = (0.0, 0.0), distance: float = 0.0
     return vec
 
 
+def control_input(controls: Controls) -> np.ndarray:
+    """A session's controls as the model's control input (clamped, so always valid)."""
+    c = controls.clamped()
+    return control_vector(c.gaze, c.distance, c.emotion, c.intensity)
+
+
 # --- Per-session streaming state --------------------------------------------------------------
 
 _EMPTY = np.zeros((0, MOTION_DIM), dtype=np.float32)
@@ -312,6 +319,11 @@ class MotionGenerator:
         self._limit: int | None = None  # during flush: emit no frame at or beyond this
 
     # -- MotionDriver protocol --
+
+    def set_controls(self, controls: Controls) -> None:
+        """The model takes the controls as input and follows them itself: windows requested
+        from now on carry them (nothing is added to its motion)."""
+        self.controls = control_input(controls)
 
     @property
     def latency_samples(self) -> int:

@@ -104,6 +104,11 @@ class MotionFlow(nn.Module):
     and 0 for the unconditional branch of classifier-free guidance (audio → learned null).
     """
 
+    # Buffers made by register_buffer: nn.Module's __getattr__ is typed Tensor | Module, so
+    # they are declared here to read as tensors in normalise/denormalise.
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -12,14 +12,22 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
+from vivify.engines.avatar.model_store import vivify_home
 from vivify.engines.runtimes.manifest import ModelManifest
 
 log = logging.getLogger(__name__)
+
+
+def engine_cache_dir(name: str) -> Path:
+    """``$VIVIFY_HOME/engines/<name>`` (else ``~/.cache/vivify/engines/<name>``): built engines
+    and timing caches, kept per user so a build is reused from any working folder."""
+    return vivify_home() / "engines" / name
 
 
 class Runner(ABC):
@@ -45,7 +53,7 @@ class Runner(ABC):
             self._pinned.clear()
             self._deactivate()
 
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> Self:
         self.activate()
         return self
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vivify.engines.runtimes.base import Runner
+from vivify.engines.runtimes.base import Runner, engine_cache_dir
 from vivify.engines.runtimes.errors import MissingRuntimeError
 from vivify.engines.runtimes.manifest import ModelManifest
 from vivify.engines.runtimes.profiles import ProfileConfig, profile_shapes
@@ -40,7 +40,8 @@ class OrtConfig:
     threads: int = 1
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     fp16: bool = True  # TensorRT EP only
-    cache_dir: Path = Path("artifacts/engines/ort-trt-cache")
+    # TensorRT EP engines and timing cache: per user, not in whatever folder the server runs in
+    cache_dir: Path = field(default_factory=lambda: engine_cache_dir("ort-trt-cache"))
     bind_pinned: bool | None = None  # pinned inputs as device OrtValues; None = on GPU providers
 
     def __post_init__(self) -> None:

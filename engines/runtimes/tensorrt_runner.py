@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vivify.engines.runtimes.base import Runner
+from vivify.engines.runtimes.base import Runner, engine_cache_dir
 from vivify.engines.runtimes.errors import MissingRuntimeError
 from vivify.engines.runtimes.manifest import ModelManifest
 from vivify.engines.runtimes.profiles import ProfileConfig, profile_shapes
@@ -64,7 +64,7 @@ class TensorRTConfig:
     fp16: bool = True
     fp32_geometry: bool = True  # fp16 engines keep the manifest's fp32_layers in fp32
     profile: ProfileConfig = field(default_factory=ProfileConfig)
-    cache_dir: Path = Path("artifacts/engines/tensorrt")
+    cache_dir: Path = field(default_factory=lambda: engine_cache_dir("tensorrt"))  # per user
     workspace_bytes: int = 4 << 30
 
 

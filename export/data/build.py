@@ -28,6 +28,7 @@ import json
 import time
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,11 @@ from vivify.engines.motion.generator import log_mel_frames
 from vivify.export.data import augment as aug
 from vivify.export.data import labels as lab
 from vivify.export.data.text import EVAL_SENTENCE_BASE, TRAIN_SENTENCE_BASE, sentence
+
+if TYPE_CHECKING:  # the synthesisers load their C library or binary on first use
+    from vivify.export.data.festival import Festival
+    from vivify.export.data.klettres import Recording
+    from vivify.export.data.synth import Espeak
 
 RATE = 16_000
 TRAIN_VOICES = ("en-us", "en-us+m3", "en-us+f2", "en-us+f4", "en-gb-x-rp", "en-gb-x-rp+f1",
@@ -52,12 +58,12 @@ LEAD_S = (0.2, 1.0)
 PAUSE_S = (0.25, 0.8)
 ROOM_NOISE_DBFS = (-70.0, -40.0)
 
-_ESPEAK = None
-_FESTIVAL = None
-_KLETTRES: list | None = None
+_ESPEAK: Espeak | None = None
+_FESTIVAL: Festival | None = None
+_KLETTRES: list[Recording] | None = None
 
 
-def _espeak():  # one synthesiser per worker process
+def _espeak() -> Espeak:  # one synthesiser per worker process
     global _ESPEAK
     if _ESPEAK is None:
         from vivify.export.data.synth import Espeak
@@ -65,7 +71,7 @@ def _espeak():  # one synthesiser per worker process
     return _ESPEAK
 
 
-def _festival():
+def _festival() -> Festival:
     global _FESTIVAL
     if _FESTIVAL is None:
         from vivify.export.data.festival import Festival
@@ -79,7 +85,7 @@ def festival_train_voices() -> list[str]:
     return [v for v in available_voices() if v not in FESTIVAL_EVAL_VOICES]
 
 
-def klettres_train_recordings() -> list:
+def klettres_train_recordings() -> list[Recording]:
     global _KLETTRES
     if _KLETTRES is None:
         from vivify.export.data import klettres
@@ -216,7 +222,8 @@ def make_clip(job: tuple[str, str, int, int]) -> dict:
     clean = split == "eval"
     voices = TRAIN_VOICES if split == "train" else EVAL_VOICES
     base = TRAIN_SENTENCE_BASE if split == "train" else EVAL_SENTENCE_BASE
-    voice, applied = "", []
+    voice = ""
+    applied: list[str] = []
     if kind == "speech":
         voice = voices[index % len(voices)]
         n_sent = 1 if rng.uniform() < 0.6 else 2
@@ -259,7 +266,7 @@ def build(out: Path, seed: int, scale: float, workers: int) -> dict:
     summary: dict = {"seed": seed, "scale": scale}
     t0 = time.perf_counter()
     for split, counts in DEFAULT_COUNTS.items():
-        jobs = []
+        jobs: list[tuple[str, str, int, int]] = []
         for kind, n in counts.items():
             if not _source_available(kind):
                 summary.setdefault("missing_sources", []).append(kind)
@@ -282,7 +289,8 @@ def build(out: Path, seed: int, scale: float, workers: int) -> dict:
             audio_lengths = np.array([c["audio"].size for c in clips])
             arrays["audio"] = np.concatenate([c["audio"] for c in clips])
             arrays["audio_offsets"] = np.concatenate([[0], np.cumsum(audio_lengths)])
-        np.savez(out / f"{split}.npz", **arrays)
+        # allow_pickle is numpy's default, named so the typed **arrays cannot stand for it
+        np.savez(out / f"{split}.npz", allow_pickle=True, **arrays)
         summary[split] = {"clips": len(clips), "frames": int(lengths.sum()),
                           "hours": float(lengths.sum() / 25 / 3600),
                           "augmented": sum(bool(c["meta"]["augment"]) for c in clips)}

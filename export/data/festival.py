@@ -224,12 +224,7 @@ def sentence(language: str, sentence_id: int) -> str:
     if language.startswith("en"):
         return text_mod.sentence("en", sentence_id)
     rng = np.random.default_rng([sentence_id, len(language), ord(language[0]), 7])
-    words = SENTENCE_WORDS[language].split()
-    n = int(rng.integers(3, 9))
-    picked = [str(w) for w in rng.choice(words, size=n)]
-    if n > 5:
-        picked[int(rng.integers(2, n - 2))] += ","
-    return " ".join(picked).capitalize() + "."
+    return text_mod.word_sentence(SENTENCE_WORDS[language].split(), rng, lengths=(3, 9))
 
 
 # --- festival --------------------------------------------------------------------------------

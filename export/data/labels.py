@@ -209,9 +209,9 @@ def life_labels(segs: list[tuple[float, float, str]], n_frames: int,
     blink = np.zeros(n_frames)
     for s in starts:
         k0 = round(s * FPS)
-        for j, v in enumerate(BLINK_PROFILE):
+        for j, level in enumerate(BLINK_PROFILE):
             if 0 <= k0 + j < n_frames:
-                blink[k0 + j] = max(blink[k0 + j], v)
+                blink[k0 + j] = max(blink[k0 + j], level)
     out[:, INDEX["blink_l"]] += blink
     out[:, INDEX["blink_r"]] += blink
     # gaze saccades (a few frames of travel)

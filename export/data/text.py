@@ -49,8 +49,14 @@ def sentence(language: str, sentence_id: int) -> str:
     rng = np.random.default_rng([sentence_id, len(language), ord(language[0])])
     if language.startswith("en"):
         return _english(rng)
-    words = _WORDS[language].split()
-    n = int(rng.integers(4, 10))
+    return word_sentence(_WORDS[language].split(), rng, lengths=(4, 10))
+
+
+def word_sentence(words: list[str], rng: np.random.Generator, lengths: tuple[int, int]) -> str:
+    """Words drawn from a list (``lengths``: [low, high) words), a comma in the middle of a
+    longer one, capitalised with a full stop: the non-English sentences here and of the
+    festival voices (export/data/festival.py), each from its own word list and seed."""
+    n = int(rng.integers(*lengths))
     picked = [str(w) for w in rng.choice(words, size=n)]
     if n > 5:
         picked[int(rng.integers(2, n - 2))] += ","

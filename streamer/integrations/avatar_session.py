@@ -11,7 +11,7 @@ without HTTP or WebRTC in between.
   workers and the cross-session batching with every other session of that server.
 - :class:`AvatarSession` is one avatar: ``push_audio`` (int16 or float32, any sample rate,
   resampled to 16 kHz), ``segment_end``, ``interrupt``, ``set_controls``; ``pairs()`` yields
-  one :class:`~vivify.streamer.media.session_media.AVPair` per 40 ms frame (the image and the 640
+  one :class:`~vivify.streamer.media.pairs.AVPair` per 40 ms frame (the image and the 640
   samples of
   16 kHz audio that belong to it), paced in real time by the session's one pacing point;
   ``events()`` yields ``playback_started`` / ``playback_finished`` (with ``position_ms``
@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from vivify.engines.audio.audio_io import SAMPLE_RATE
-from vivify.streamer.media.session_media import AVPair
+from vivify.streamer.media.pairs import AVPair
 from vivify.streamer.server.config import ServerConfig
-from vivify.streamer.server.sessions import Session, SessionManager, VideoOptions
+from vivify.streamer.server.manager import SessionManager
+from vivify.streamer.server.session import Session, VideoOptions
 
 EVENT_QUEUE = 256  # events a plugin may leave unread before the oldest are dropped
 
@@ -181,7 +182,7 @@ class AvatarSession(SessionStreams):
                      gaze: tuple[float, float] | None = None,
                      distance: float | None = None) -> None:
         """VASA-1 style controls; clamped by the engine
-        (vivify.streamer.media.session_media.Controls)."""
+        (vivify.engines.motion.controls.Controls)."""
         c = self._session.media.controls
         if emotion is not None:
             c.emotion = emotion

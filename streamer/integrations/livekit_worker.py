@@ -25,7 +25,7 @@ utterance while the last one plays; it expects one ``playback_finished`` per str
 So a segment is held here until the one before it has finished; the position reported is the
 seconds of audio the agent sent.
 
-Video and audio go out together: each played :class:`~vivify.streamer.media.session_media.AVPair`
+Video and audio go out together: each played :class:`~vivify.streamer.media.pairs.AVPair`
 (one frame and
 its 40 ms of audio, paced in real time by the session) is pushed as a video frame and an audio
 frame through ``rtc.AVSynchronizer``, so the lips stay on the voice.
@@ -63,7 +63,7 @@ from vivify.streamer.server.errors import ApiError, Conflict
 if TYPE_CHECKING:
     from livekit import rtc
 
-    from vivify.streamer.server.sessions import SessionManager
+    from vivify.streamer.server.manager import SessionManager
 
 log = logging.getLogger(__name__)
 

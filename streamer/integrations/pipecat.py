@@ -8,7 +8,7 @@ drops what is queued on ``InterruptionFrame``; every 40 ms it pushes an ``Output
 Why the TTS audio is not passed on: the TTS runs faster than real time and the transport plays
 its audio as it comes, while the face needs generating first. Passed on as well, the audio would
 lead the lips by the engine's latency and drift with every stall. Here both come from the one
-source, the session's pairs (vivify.streamer.media.session_media: a frame carries its own audio),
+source, the session's pairs (vivify.streamer.media.pairs: a frame carries its own audio),
 so downstream they
 can only be late together. ``SpeechOutputAudioRawFrame`` is Pipecat's type for such a
 continuous stream with silences in it: the output transport tells the bot speaking from the
@@ -66,7 +66,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
 
 from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from vivify.streamer.integrations.avatar_session import to_mono_float
-from vivify.streamer.media.session_media import FPS, AVPair
+from vivify.streamer.media.pairs import FPS, AVPair
 
 if TYPE_CHECKING:
     from vivify.streamer.server.config import ServerConfig

@@ -1,7 +1,8 @@
 """Avatar sessions of a running ``vivify serve``, with the methods of the in-process ones.
 
 A plugin that runs its voice agent on one machine and Vivify on another (a GPU box, a shared
-server) opens a *broadcast* session over the public API (docs/api.md) and drives it the way
+server) opens a *broadcast* session over the public API (docs/api.md, through the one API client
+:mod:`vivify.streamer.client`) and drives it the way
 :class:`~vivify.streamer.integrations.avatar_session.AvatarSession` is driven:
 
 - the session's video and audio come back over WebRTC to an aiortc peer in this process; ICE
@@ -34,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME, float_to_pcm16
+from vivify.streamer.client import ApiClient, ClientError, offer_peer
+from vivify.streamer.client.timeline import MediaTimeline
 from vivify.streamer.integrations.avatar_session import Resampler, SessionStreams, to_mono_float
-from vivify.streamer.media.session_media import FPS, AVPair
+from vivify.streamer.media.pairs import FPS, AVPair
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,10 @@ MAX_AUDIO_AHEAD = 10 * SAMPLE_RATE  # audio kept for frames that have not come (
 LIVE_LEVEL = 64  # int16 peak above which a decoded block counts as carrying speech
 AUDIO_PREFETCH = 1  # received Opus packets held for reordering (aiortc holds 4 = 80 ms)
 CLOSE_WAIT_S = 2.0
+DELETE_TIMEOUT_S = 5.0  # the DELETE that ends a session on the way out
 
 
-class RemoteError(RuntimeError):
-    """The server refused a request; ``code`` is its error code (docs/api.md)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code = status, code
+RemoteError = ClientError  # the name this module gave the server's refusals before the client
 
 
 class PairAssembler:
@@ -68,8 +67,6 @@ class PairAssembler:
     """
 
     def __init__(self, max_wait: float = MAX_WAIT_S) -> None:
-        from vivify.streamer.cli.talk import MediaTimeline
-
         self.max_wait = max_wait
         self._video_time = MediaTimeline()
         self._audio_time = MediaTimeline()
@@ -306,7 +303,7 @@ class RemoteAvatarSession(SessionStreams):
         self._closed = True
         self._owner._sessions.discard(self)
         with contextlib.suppress(Exception):
-            await self._owner._http.delete(f"/v1/sessions/{self.id}", timeout=5)
+            await asyncio.wait_for(self._owner._api.delete_session(self.id), DELETE_TIMEOUT_S)
         reader = next((t for t in self._tasks if t.get_name() == "vivify-ws-in"), None)
         if reader is not None:  # its session_closed event, then the server's close frame
             await asyncio.wait({reader}, timeout=CLOSE_WAIT_S)
@@ -329,45 +326,29 @@ class RemoteAvatars:
 
     def __init__(self, url: str, token: str | None = None, *,
                  ice_servers: tuple[str, ...] = (), timeout: float = 30.0) -> None:
-        import httpx
-
         self.url = url.rstrip("/")
         self.ice_servers = ice_servers
-        self._headers = {"authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers, timeout=timeout)
+        self._api = ApiClient(self.url, token, timeout=timeout)
         self._sessions: set[RemoteAvatarSession] = set()
 
     async def open(self, avatar: str = "default", label: bool | None = None,
                    codec: str = "vp8", size: int = 512) -> RemoteAvatarSession:
-        """A new broadcast session; :class:`RemoteError` with the server's code when refused
-        (``server_full``, ``unknown_avatar``, ``unauthorized``...)."""
-        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-        from websockets.asyncio.client import connect
-
-        pc = RTCPeerConnection(RTCConfiguration(
-            iceServers=[RTCIceServer(urls=u) for u in self.ice_servers]))
+        """A new broadcast session; :class:`~vivify.streamer.client.ClientError` with the
+        server's code when refused (``server_full``, ``unknown_avatar``, ``unauthorized``...)."""
+        pc = offer_peer("presenter", ice_servers=self.ice_servers)
         info: dict[str, Any] | None = None
         try:
-            pc.addTransceiver("audio", direction="recvonly")
-            pc.addTransceiver("video", direction="recvonly")
-            await pc.setLocalDescription(await pc.createOffer())
-            body: dict[str, Any] = {
-                "avatar": avatar, "mode": "broadcast",
-                "offer": {"type": "offer", "sdp": pc.localDescription.sdp},
-                "video": {"fps": FPS, "size": size, "codec": codec}}
+            body: dict[str, Any] = {"avatar": avatar, "mode": "broadcast",
+                                    "video": {"fps": FPS, "size": size, "codec": codec}}
             if label is not None:
                 body["label"] = label
-            r = await self._http.post("/v1/sessions", json=body)
-            if r.status_code != 201:
-                raise _refusal(r)
-            info = r.json()
-            await pc.setRemoteDescription(RTCSessionDescription(**info["answer"]))
-            ws_url = "ws" + self.url[len("http"):] + f"/v1/sessions/{info['id']}/ws"
-            ws = await connect(ws_url, additional_headers=self._headers, max_size=2**20)
+            info = await self._api.create_session(pc, body)
+            ws = await self._api.open_websocket(str(info["id"]))
         except BaseException:
             if info is not None:
                 with contextlib.suppress(Exception):
-                    await self._http.delete(f"/v1/sessions/{info['id']}", timeout=5)
+                    await asyncio.wait_for(self._api.delete_session(str(info["id"])),
+                                           DELETE_TIMEOUT_S)
             await pc.close()
             raise
         session = RemoteAvatarSession(self, info, pc, ws, size)
@@ -378,18 +359,10 @@ class RemoteAvatars:
     async def aclose(self) -> None:
         for session in list(self._sessions):
             await session.aclose("integration closed")
-        await self._http.aclose()
+        await self._api.aclose()
 
     async def __aenter__(self) -> RemoteAvatars:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-def _refusal(r: Any) -> RemoteError:
-    try:
-        err = r.json()["error"]
-        return RemoteError(r.status_code, str(err["code"]), str(err["message"]))
-    except (ValueError, KeyError, TypeError):
-        return RemoteError(r.status_code, "http_error", r.text[:200])

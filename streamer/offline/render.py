@@ -19,6 +19,7 @@ import numpy as np
 from vivify.engines.audio.audio_io import SAMPLE_RATE, iter_audio, probe_duration
 from vivify.engines.avatar.pack import DEFAULT_SIZE, AvatarPreparer
 from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
+from vivify.engines.motion.controls import Controls
 from vivify.engines.motion.driver import MotionDriver
 from vivify.engines.motion.vector import clip_motion, emotion_offset
 from vivify.engines.provenance.disclosure import DisclosureConfig
@@ -83,16 +84,13 @@ def render_file(
     pack = (preparer or AvatarPreparer()).prepare(portrait, size=opts.size)
     renderer = Renderer(pack)
     driver: MotionDriver
-    if opts.driver == "learned":  # the emotion is a model control, not an added offset
-        from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator, control_vector
+    if opts.driver == "learned":
+        from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
 
-        driver = MotionGenerator(GeneratorRunner(), seed=opts.seed,
-                                 controls=control_vector(emotion=opts.emotion,
-                                                         intensity=opts.intensity))
-        offset = np.zeros_like(emotion_offset("neutral"))
+        driver = MotionGenerator(GeneratorRunner(), seed=opts.seed)
     else:
         driver = BaselineDriver(BaselineConfig(seed=opts.seed))
-        offset = emotion_offset(opts.emotion, opts.intensity)
+    driver.set_controls(Controls(emotion=opts.emotion, intensity=opts.intensity))
     duration = probe_duration(audio)
     total = round(duration * opts.fps) if duration else None
     height, width = (pack.full.shape[:2] if opts.full_frame else (opts.size, opts.size))
@@ -115,7 +113,7 @@ def render_file(
     def emit(motions: np.ndarray) -> None:
         nonlocal frames
         for m in motions:
-            crop = renderer.render(clip_motion(m + offset)).image
+            crop = renderer.render(clip_motion(m)).image
             image = renderer.paste_back(crop) if opts.full_frame else crop
             writer.write_frame(stamp.apply(image, inplace=True))
             frames += 1

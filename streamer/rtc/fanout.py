@@ -30,7 +30,8 @@ from typing import Literal
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from vivify.streamer.media.session_media import FPS, AVPair, SessionMedia, Subscriber
+from vivify.streamer.media.pairs import FPS, AVPair, Subscriber
+from vivify.streamer.media.session_media import SessionMedia
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,10 @@ class EncodedVideoTrack(MediaStreamTrack):
         self._sub = subscriber  # the viewer's audio subscriber: both tracks share its origin
         self.queue: asyncio.Queue[EncodedFrame | None] = asyncio.Queue(VIEWER_QUEUE)
         self._synced = False  # nothing is sent before the first keyframe
+
+    def request_keyframe(self) -> None:
+        """Ask the shared encoder for a keyframe (an SFU relaying its subscribers' PLIs)."""
+        self._fanout.request_keyframe()
 
     def offer(self, frame: EncodedFrame | None) -> None:
         if self.queue.full():

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
 
 log = logging.getLogger(__name__)
@@ -49,3 +50,22 @@ def shorten_audio_jitter_buffer(pc: RTCPeerConnection, track: MediaStreamTrack,
             buffer._prefetch = frames
         else:
             log.info("aiortc's audio jitter buffer is not reachable: prefetch left as is")
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Also call ``callback`` when the remote side asks ``sender`` for a keyframe (PLI/FIR).
+
+    aiortc handles PLI/FIR by flagging its own encoder; a sender of pre-encoded packets (the
+    broadcast fan-out) has none, so the request would be lost. aiortc has no public hook: its
+    ``_send_keyframe`` is wrapped where it exists and left alone (with a log line) where not.
+    """
+    original = getattr(sender, "_send_keyframe", None)
+    if original is None:
+        log.info("aiortc's keyframe requests are not reachable: only periodic keyframes")
+        return
+
+    def send_keyframe() -> None:
+        original()
+        callback()
+
+    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
-from vivify.streamer.media.session_media import FPS, AVPair, Subscriber
+from vivify.streamer.media.pairs import FPS, AVPair, Subscriber
 
 VIDEO_CLOCK = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)

@@ -36,8 +36,8 @@ from vivify.streamer.media.scheduler import InferenceScheduler
 from vivify.streamer.server.app import create_app
 from vivify.streamer.server.avatars import AvatarStore
 from vivify.streamer.server.config import ServerConfig
+from vivify.streamer.server.manager import SessionManager
 from vivify.streamer.server.memory import limit_heaps
-from vivify.streamer.server.sessions import SessionManager
 
 log = logging.getLogger("vivify")
 HEADROOM = 0.75
@@ -78,7 +78,8 @@ class VivifyServer(uvicorn.Server):
 
     uvicorn's shutdown closes every WebSocket with 1012 first and runs the app's lifespan
     shutdown last, so a client would never hear why its session ended. Closing the sessions
-    first sends each socket its ``session_closed`` event, then the 1012 (streamer/server/app.py).
+    first sends each socket its ``session_closed`` event, then the 1012
+    (streamer/server/routes/websocket.py).
     """
 
     def __init__(self, config: uvicorn.Config, manager: SessionManager) -> None:

@@ -2,14 +2,13 @@
 
 Tests make their media instead of committing binaries, so every fixture documents how it was
 produced and its level is known exactly (levels matter: the baseline driver maps absolute dBFS
-to mouth opening). Speech comes from espeak-ng (Debian package ``espeak-ng``); tests that need
-it check :func:`have_espeak` and skip when it is absent.
+to mouth opening). Speech comes from espeak-ng through :mod:`vivify.engines.audio.espeak`, the
+one place it is called (Debian package ``espeak-ng``); tests that need it check
+:func:`have_espeak` and skip when it is absent.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import wave
 from fractions import Fraction
 from pathlib import Path
@@ -17,32 +16,32 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vivify.engines.audio import espeak
+
+__all__ = ["DEFAULT_RATE", "PCM16_MAX", "dbfs_to_rms", "encode_audio", "espeak_wav",
+           "have_espeak", "noise", "noise_wav", "rms_dbfs", "sine", "sine_wav", "speech",
+           "write_wav"]
+
 DEFAULT_RATE = 16_000  # Hz
 PCM16_MAX = 32767  # int16 full scale used when writing wav files
-ESPEAK = "espeak-ng"
-ESPEAK_TIMEOUT_S = 60.0
 WRITE_BLOCK_SAMPLES = 1 << 16  # long files are written block by block, never held whole
-
-
-class ToolMissing(RuntimeError):
-    """An external tool needed to make test media is not installed (tests should skip)."""
 
 
 def have_espeak() -> bool:
     """Whether espeak-ng is on PATH; use in ``pytest.mark.skipif``."""
-    return shutil.which(ESPEAK) is not None
+    return espeak.available()
 
 
-def espeak_wav(text: str, path: str | Path, voice: str = "en-us", speed: int = 150) -> Path:
-    """Synthesize ``text`` with espeak-ng into a wav file (22.05 kHz mono int16) at ``path``."""
-    if not have_espeak():
-        raise ToolMissing("espeak-ng is not installed (apt-get install espeak-ng)")
-    out = Path(path)
-    cmd = [ESPEAK, "-v", voice, "-s", str(speed), "-w", str(out), text]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=ESPEAK_TIMEOUT_S)
-    if not out.is_file() or out.stat().st_size <= 44:
-        raise RuntimeError(f"espeak-ng wrote no audio to {out}")
-    return out
+def espeak_wav(text: str, path: str | Path, voice: str = espeak.DEFAULT_VOICE,
+               speed: int = espeak.DEFAULT_SPEED) -> Path:
+    """``text`` spoken by espeak-ng into a wav file at ``path`` (22.05 kHz mono int16)."""
+    return espeak.speak_to_wav(text, path, voice, speed)
+
+
+def speech(text: str, voice: str = espeak.DEFAULT_VOICE,
+           speed: int = espeak.DEFAULT_SPEED) -> np.ndarray:
+    """``text`` spoken by espeak-ng as 16 kHz mono float32 (the engines' rate)."""
+    return espeak.speak(text, voice, speed)
 
 
 def dbfs_to_rms(dbfs: float) -> float:

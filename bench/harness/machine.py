@@ -19,10 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "aiortc", "av", "opencv-python-headless",
-            "ai-edge-litert", "fastapi", "uvicorn", "matplotlib")
-THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+            "ai-edge-litert", "fastapi", "uvicorn", "websockets", "httpx", "matplotlib")
+# Recorded: BLAS threading changes the server's CPU per session 3× (docs/benchmarks.md).
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "OPENCV_FOR_THREADS_NUM")
 # The providers that mean "an accelerator runs the generator" (ONNX Runtime names).
 ACCELERATED = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -96,7 +98,8 @@ def machine_info() -> dict[str, Any]:
             "affinity": len(os.sched_getaffinity(0)), "memory_gib": mem_gib,
             "gpu": gpu or None, "ort_providers": providers,
             "accelerated_runtimes": [p for p in ACCELERATED if p in providers],
-            "os": platform.platform(), "versions": versions(), "git": git_sha(),
+            "os": platform.platform(), "python": sys.version.split()[0],
+            "versions": versions(), "git": git_sha(),
             "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
             "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -1,22 +1,27 @@
 """``vivify export``: write engine artifacts (ONNX + manifest with sha256) to a directory.
 
-Kept free of torch at import time (argparse only) because ``streamer/cli/main.py`` registers it;
-torch and onnx load only when the command runs (they come with the ``export`` extra).
+The parser lives here and ``vivify.export`` is imported only when the command runs: serving
+never needs export/, and torch and onnx come with the ``export`` extra, which a serving
+install does not have.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+EXPORT_EXTRA = "vivify export needs torch and onnx: pip install -e '.[export]'"
 
-def _cmd_export(args: argparse.Namespace) -> int:
+
+def cmd_export(args: argparse.Namespace) -> int:
     try:
+        import onnx  # noqa: F401  (imported here only to say what is missing)
         import torch
-    except ImportError:
-        print("vivify export needs torch and onnx: pip install -e '.[export]'")
+    except ImportError as exc:
+        print(f"{EXPORT_EXTRA} ({exc})", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     from vivify.engines.runtimes.renderer_bank import GraphGeometry
@@ -37,9 +42,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0 if not report["not_tensorrt_native"] else 1
 
 
-def add_export_parser(sub: Any) -> None:
+def add_export_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``vivify export`` on the CLI's subparsers."""
-    p = sub.add_parser("export", help="export engine artifacts (renderer ONNX + manifest)")
+    p: argparse.ArgumentParser = sub.add_parser(
+        "export", help="export engine artifacts (renderer ONNX + manifest)")
     p.add_argument("--out", default="artifacts/engines",
                    help="directory for <stage>.onnx + <stage>.json (default artifacts/engines)")
     p.add_argument("--size", type=int, default=512, help="crop size the renderer graph is for")
@@ -47,4 +53,5 @@ def add_export_parser(sub: Any) -> None:
     p.add_argument("--with-generator", action="store_true",
                    help="also copy the committed motion generator (checked by its manifest)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads while tracing")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=cmd_export)
+    return p

@@ -1,0 +1,7 @@
+"""``python -m bench.fuzz`` (``make fuzz``)."""
+
+import sys
+
+from bench.fuzz.run import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Viewers through an SFU (issue 18): a broadcast publishes once into Janus's VideoRoom."""
