@@ -55,7 +55,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMPS)/venv: pyproject.toml
+$(STAMPS)/venv: pyproject.toml setup.py
 	@mkdir -p $(STAMPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -79,7 +79,8 @@ run: setup
 demo: setup
 	$(PY) -m vivify.streamer.cli demo -o out/demo.mp4 --progress
 
-# The tests also need the export side (torch CPU wheel, onnx, scipy): CI trains a tiny generator
+# The tests also need the export side (torch CPU wheel, onnx, scipy; ray for the cluster tests):
+# CI trains a tiny generator
 # config for a few steps and checks the ONNX export, so the recipe stays honest.
 test: setup $(STAMPS)/export data-deps-test sfu-deps
 	$(PY) -m pytest -q
@@ -154,7 +155,7 @@ GEN := artifacts/generator
 export-deps: setup $(STAMPS)/export
 
 $(STAMPS)/export: $(STAMPS)/venv
-	$(PY) -m pip install -q -e '.[dev,talk,livekit,pipecat,export]'
+	$(PY) -m pip install -q -e '.[dev,talk,livekit,pipecat,export,cluster]'
 	@touch $@
 
 data: export-deps data-deps

@@ -8,7 +8,10 @@ Stages, in one run (~3–5 min on 2 cores; ``--quick`` shorter):
    a quiet microphone, until a session's delivered rate over the window drops below
    ``--fps-floor`` (24) or admission refuses. ``sessions``: the most held at 25 fps.
 2. ``cluster``: the same ramp through ``vivify cluster`` (a child process, one node per core,
-   each node's admission lifted to the same limit); ``spread``: sessions per node.
+   each node's admission lifted to the same limit); ``spread``: sessions per node. Every
+   window records the cores used by the machine, this client, the servers and everything
+   else; a ramp during which other programs took over 0.3 cores is run once more and the
+   quieter run kept (this VM is shared: both sides must be measured under the same load).
 3. ``spill_over``: the ingress's first choice is filled behind its back (straight on the node,
    with the node token), then one session is asked of the ingress: it is refused there (503)
    and placed on the next node in the same request; its time vs a plain create.
@@ -55,6 +58,7 @@ from vivify.streamer.client import ApiClient, ClientError
 RESULTS = REPO / "bench" / "results"
 BROADCAST = {"mode": "broadcast", "avatar": "default"}
 MIRROR = {"mode": "mirror", "avatar": "default"}
+DISTURBED_CORES = 0.3  # other programs' share of the cores above which a ramp is run again
 
 
 @dataclass
@@ -374,7 +378,7 @@ async def node_kill(api: ApiClient, s: Settings) -> dict[str, Any]:
 
 
 async def cluster_stages(s: Settings, home: Path, report: dict[str, Any],
-                         save: Callable[[], None]) -> None:
+                         save: Callable[[], None], ramp_only: bool = False) -> None:
     cluster = ClusterProcess(s, home)
     info = cluster.start(s.cluster_start_s)
     log("cluster", f"{info['nodes']} nodes up in {info['start_s']} s")
@@ -388,6 +392,8 @@ async def cluster_stages(s: Settings, home: Path, report: dict[str, Any],
             out["node_capacity"] = {n["name"]: n["capacity"] for n in nodes}
             report["cluster"] = out
             save()
+            if ramp_only:
+                return
             for stage, run in (("spill_over", lambda: spill_over(api, cluster)),
                                ("node_kill", lambda: node_kill(api, s))):
                 try:
@@ -399,6 +405,34 @@ async def cluster_stages(s: Settings, home: Path, report: dict[str, Any],
     finally:
         cluster.stop()
         report.setdefault("logs", {})["cluster"] = cluster.log_tail(40)
+
+
+def disturbance(ramp_out: dict[str, Any]) -> float:
+    """The most cores other programs took during any window of a ramp (0 if unknown)."""
+    return max([float(st.get("cores_others") or 0.0) for st in ramp_out.get("steps", [])],
+               default=0.0)
+
+
+async def rerun_disturbed(stage: str, s: Settings, home: Path, report: dict[str, Any]) -> None:
+    """Run a ramp again when other programs took a core's share during it (this VM is shared;
+    the two sides must be compared under the same conditions); keep the quieter of the two,
+    with the other under ``other_run``."""
+    first = report[stage]
+    log(stage, f"other programs took {disturbance(first):.2f} cores during it: once more")
+    try:
+        if stage == "single_process":
+            again = await single_process(s, home)
+        else:
+            scratch: dict[str, Any] = {}
+            await cluster_stages(s, home, scratch, lambda: None, ramp_only=True)
+            again = scratch["cluster"]
+    except Exception as exc:
+        first["rerun_error"] = f"{type(exc).__name__}: {exc}"
+        return
+    quieter, other = ((again, first) if disturbance(again) < disturbance(first)
+                      else (first, again))
+    quieter["other_run"] = {k: other.get(k) for k in ("sessions", "stopped_by", "steps")}
+    report[stage] = quieter
 
 
 def janus_stage(s: Settings) -> dict[str, Any]:
@@ -472,6 +506,10 @@ async def run(s: Settings, skip: list[str], out: Path) -> dict[str, Any]:
             except Exception as exc:
                 report.setdefault("cluster", {})["error"] = f"{type(exc).__name__}: {exc}"
             save()
+        for stage in ("single_process", "cluster"):
+            if disturbance(report.get(stage, {})) > DISTURBED_CORES:
+                await rerun_disturbed(stage, s, home, report)
+                save()
     if "janus" not in skip:
         try:
             report["janus"] = await asyncio.to_thread(janus_stage, s)  # it runs its own loop

@@ -166,14 +166,14 @@ async def _wait_event(events: list[tuple[float, dict[str, Any]]], since: int, ki
 class Settings:
     """What one run does; recorded in the JSON."""
 
-    quick: bool = False
-    mirror_s: float = 60.0
-    session_starts: int = 5
-    interrupts: int = 5
-    capacity_stage_s: float = 20.0
-    capacity_max: int = 12
-    budget_s: float = 360.0
-    codec: str = "vp8"
+    quick: bool = False  # made by quick_run() (recorded, so a report says which run it was)
+    mirror_s: float = 60.0  # length of the one-session mirror run (fps, latency, A/V offset)
+    session_starts: int = 5  # sessions created to time start → first frame, beyond the mirror's
+    interrupts: int = 5  # interrupts sent to time interrupt → idle face
+    capacity_stage_s: float = 20.0  # length of each level of the concurrent-session ramp
+    capacity_max: int = 12  # the ramp's highest level (sessions at once)
+    budget_s: float = 360.0  # wall-time budget of the run: the capacity ramp stops short of it
+    codec: str = "vp8"  # the video codec the peers ask for
     stages: tuple[str, ...] = ("mirror", "session_start", "interrupt", "capacity")
     dump: bool = False  # save the mirror stage's per-frame trace next to the JSON (.npz)
 

@@ -66,6 +66,19 @@ def _plt() -> Any:
     return plt
 
 
+def _finish(plt: Any, fig: Any, ax: Any, path: Path, title: str, *, legend: bool = True) -> bool:
+    """Every plot ends alike: a light grid, the legend (unless the plot placed its own), the
+    title, saved at 110 dpi, and closed, so that a report run does not pile up open figures."""
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 # ============================================================================ plots
 
 
@@ -90,13 +103,7 @@ def plot_latency_cdf(loopback: dict[str, Any], path: Path) -> bool:
     ax.set_xlabel("speech onset sent → first frame showing mouth motion (ms)")
     ax.set_ylabel("fraction of onsets")
     ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Onset latency CDF (loopback WebRTC, real server)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, "Onset latency CDF (loopback WebRTC, real server)")
 
 
 def plot_fps(loopback: dict[str, Any], path: Path) -> bool:
@@ -123,13 +130,7 @@ def plot_fps(loopback: dict[str, Any], path: Path) -> bool:
                label=f"{FPS_FLOOR:.0f} fps (real-time floor)")
     ax.set_xlabel("seconds since the session's first frame")
     ax.set_ylabel("frames received in that second")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Delivered frame rate over time")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, "Delivered frame rate over time")
 
 
 def plot_capacity(loopback: dict[str, Any], path: Path) -> bool:
@@ -163,12 +164,8 @@ def plot_capacity(loopback: dict[str, Any], path: Path) -> bool:
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="lower left")
-    ax.set_title(f"Capacity: {held} real-time session(s); dashed = limits")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, f"Capacity: {held} real-time session(s); dashed = limits",
+                   legend=False)
 
 
 def plot_rss(series: Sequence[Sequence[float]], path: Path, title: str,
@@ -182,7 +179,6 @@ def plot_rss(series: Sequence[Sequence[float]], path: Path, title: str,
     ax.plot(t, [p[1] for p in series], lw=1, color="tab:purple", label="server RSS")
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS (MiB)")
-    ax.grid(alpha=0.3)
     if sessions:
         ax2 = ax.twinx()
         ax2.step([p[0] for p in sessions], [p[1] for p in sessions], where="post",
@@ -191,11 +187,7 @@ def plot_rss(series: Sequence[Sequence[float]], path: Path, title: str,
         top = max(p[1] for p in sessions)
         ax2.set_ylim(0, top + 0.5)
         ax2.set_yticks(range(int(top) + 1))
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _finish(plt, fig, ax, path, title, legend=False)
 
 
 # ============================================================================ tables

@@ -39,6 +39,7 @@ from typing import Any
 
 from bench import report as report_mod
 from bench.harness.machine import REPO, machine_info
+from bench.harness.modes import add_mode_arguments, mode_of, parse_subset
 from bench.harness.results import write_json
 
 RESULTS = REPO / "bench" / "results"
@@ -243,17 +244,13 @@ def print_summary(bench: dict[str, Any], out_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="≤ 2 min")
-    mode.add_argument("--tiny", action="store_true", help="seconds; stages only (tests)")
+    add_mode_arguments(parser, quick="≤ 2 min", tiny="seconds; stages only (tests)")
     parser.add_argument("--parts", help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--out-dir", type=Path, help="default bench/results/run-<time>-<mode>")
     parser.add_argument("--fail", help=argparse.SUPPRESS)  # test hook: stages.<stage>
     args = parser.parse_args(argv)
-    name = "tiny" if args.tiny else "quick" if args.quick else "full"
-    parts = tuple(p.strip() for p in args.parts.split(",")) if args.parts else None
-    if parts and set(parts) - set(PARTS):
-        raise SystemExit(f"unknown part(s): {', '.join(sorted(set(parts) - set(PARTS)))}")
+    name = mode_of(args)
+    parts = parse_subset(args.parts, PARTS, "part")
     plan = Plan.for_mode(name, parts, args.fail)
     out_dir = args.out_dir or RESULTS / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     # Only a complete default run becomes "latest", the report docs/benchmarks.md links.

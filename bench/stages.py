@@ -58,6 +58,7 @@ if __package__ in (None, ""):  # run as ``python bench/stages.py``: make ``bench
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness.machine import machine_info
+from bench.harness.modes import add_mode_arguments, mode_of, parse_subset
 from bench.harness.results import write_json
 from bench.harness.runner import StageRunner, elapsed, log, new_report
 
@@ -532,17 +533,14 @@ def run(settings: Settings, out: Path, only: tuple[str, ...] | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="fewer items; skip the big photo")
-    group.add_argument("--tiny", action="store_true", help="a handful of items (tests)")
+    add_mode_arguments(parser, quick="fewer items; skip the big photo",
+                       tiny="a handful of items (tests)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument("--fail", metavar="STAGE", help=argparse.SUPPRESS)  # test hook
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     args = parser.parse_args(argv)
-    settings = Settings.for_mode("tiny" if args.tiny else "quick" if args.quick else "full")
-    only = tuple(x.strip() for x in args.only.split(",")) if args.only else None
-    if only and set(only) - set(STAGES):
-        raise SystemExit(f"unknown stage(s): {', '.join(sorted(set(only) - set(STAGES)))}")
+    settings = Settings.for_mode(mode_of(args))
+    only = parse_subset(args.only, STAGES, "stage")
     path = args.out or Path("bench/results") / f"stages-{time.strftime('%Y%m%d-%H%M%S')}.json"
     report = run(settings, path, only, args.fail)
     for name, st in report["stages"].items():

@@ -1,7 +1,7 @@
 // Watch a broadcast through Janus (VideoRoom) with its plain HTTP API: no janus.js needed.
 // The session's JSON says where: sfu = {url, room, feed}. Janus makes the offer, this page
 // answers once its candidates are gathered (trickle off), and a long poll carries Janus's
-// events and keeps the Janus session alive (docs/sfu.md).
+// events and keeps the Janus session alive (docs/scale-out.md).
 
 const transaction = () => Math.random().toString(36).slice(2, 14);
 

@@ -1,5 +1,5 @@
 // Watch-only page for a broadcast session: /watch.html?session=ID
-// When the server publishes the session into an SFU (--sfu-url, docs/sfu.md) the page
+// When the server publishes the session into an SFU (--sfu-url, docs/scale-out.md) the page
 // subscribes there and costs the avatar server nothing; &direct=1 joins the server itself.
 import * as api from "./api.js";
 import { subscribe } from "./janus.js";

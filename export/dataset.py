@@ -16,13 +16,21 @@ import torch
 from vivify.engines.motion.generator import silence_features
 from vivify.engines.motion.generator_config import GeneratorConfig
 
+BILABIAL_CLASS = 2  # export.data.labels.frame_classes: 0 speech, 1 silence, 2 bilabial
+
 
 class WindowSampler:
     """Random training windows from ``train.npz`` (whole corpus held in memory, ~150 MB)."""
 
-    def __init__(self, corpus: Path | str, cfg: GeneratorConfig, split: str = "train") -> None:
+    def __init__(self, corpus: Path | str, cfg: GeneratorConfig, split: str = "train",
+                 closure_boost: float = 0.0) -> None:
+        """``closure_boost``: the share of windows drawn so that their targets hold a bilabial
+        closure frame (class 2), on top of those uniform sampling finds (issue 13: a model
+        regressing to the mean under-closes short closures on voices it never heard)."""
         d = np.load(Path(corpus) / f"{split}.npz")
         self.cfg = cfg
+        self.closure_boost = closure_boost
+        self.closure_frames = np.flatnonzero(d["classes"] == BILABIAL_CLASS)
         feats = d["features"].astype(np.float32)
         self.features = np.concatenate([feats, silence_features()[None]])  # last row: silence
         self.silence_row = feats.shape[0]
@@ -44,6 +52,15 @@ class WindowSampler:
         cfg = self.cfg
         clip = rng.choice(self.clip_p.size, size=batch, p=self.clip_p)
         start = (rng.uniform(size=batch) * (self.lengths[clip] - cfg.window + 1)).astype(int)
+        boosted = rng.uniform(size=batch) < self.closure_boost
+        if boosted.any() and self.closure_frames.size:
+            frame = rng.choice(self.closure_frames, size=int(boosted.sum()))
+            c = np.searchsorted(self.offsets, frame, side="right") - 1
+            local = frame - self.offsets[c] - rng.integers(0, cfg.window, size=c.size)
+            ok = self.lengths[c] >= cfg.window
+            clip[boosted] = np.where(ok, c, clip[boosted])
+            start[boosted] = np.where(ok, np.clip(local, 0, self.lengths[c] - cfg.window),
+                                      start[boosted])
         return self.gather(clip, start)
 
     def gather(self, clip: np.ndarray, start: np.ndarray) -> dict[str, torch.Tensor]:

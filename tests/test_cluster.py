@@ -188,7 +188,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
             server = uvicorn.Server(uvicorn.Config(create_ingress(cluster, static=False),
                                                    host="127.0.0.1", port=port,
                                                    log_level="warning"))
-            server.install_signal_handlers = lambda: None
             state.update(cluster=cluster, pool=pool, server=server,
                          loop=asyncio.get_running_loop())
             task = asyncio.create_task(server.serve())

@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from tests.support.waiting import eventually
 from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
-from vivify.streamer.media.pairs import FPS, AVPair, Subscriber
+from vivify.streamer.media.pairs import FPS, AVPair, PairHub
 from vivify.streamer.rtc.fanout import VIEWER_QUEUE, EncodedVideoTrack, VideoFanout
 
 RECV_TIMEOUT_S = 10.0  # bounds a stuck read; no speed requirement
@@ -24,27 +24,14 @@ VIDEO_TICKS = 90_000 // FPS
 SIZE = 64
 
 
-class PairSource:
-    """What the fan-out needs of a session's media: subscribe, unsubscribe, and pairs."""
-
-    def __init__(self) -> None:
-        self.subscribers: list[Subscriber] = []
-
-    def subscribe(self, video: bool = True, audio: bool = True) -> Subscriber:
-        sub = Subscriber(video, audio)
-        self.subscribers.append(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        self.subscribers.remove(sub)
-        sub.offer(None)
+class PairSource(PairHub):
+    """What the fan-out needs of a session's media (subscribe, unsubscribe, pairs), with pairs
+    played on demand instead of by a ticker."""
 
     def play(self, slot: int) -> None:
         rng = np.random.default_rng(slot)
         image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-        pair = AVPair(slot, image, np.zeros(SAMPLES_PER_FRAME, np.int16), True)
-        for sub in self.subscribers:
-            sub.offer(pair)
+        self.publish(AVPair(slot, image, np.zeros(SAMPLES_PER_FRAME, np.int16), True))
 
     def consumed(self) -> bool:
         """The fan-out has taken every pair played so far."""

@@ -275,8 +275,11 @@ def test_remote_backend_against_a_running_server(
     env = np.sqrt(np.mean(got[: got.size // 640 * 640].reshape(-1, 640) ** 2, axis=1))
     want = expected_16k(short, rate).astype(np.float32)
     ref = np.sqrt(np.mean(want.reshape(-1, 640) ** 2, axis=1))
-    corr = max(np.corrcoef(env[i:i + ref.size], ref)[0, 1] for i in range(env.size - ref.size))
-    assert corr > 0.9
+    # Best alignment over every offset; a window of received audio that is all silence (the
+    # stream can open with silent frames) has no correlation at all, so it is skipped, not nan.
+    windows = (env[i:i + ref.size] for i in range(env.size - ref.size + 1))
+    corrs = [np.corrcoef(w, ref)[0, 1] for w in windows if w.std() > 0]
+    assert corrs and max(corrs) > 0.9
     frames = [rgb(f) for f in images]
     assert mouth_activity(frames).max() > 3.0
 

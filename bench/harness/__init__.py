@@ -10,4 +10,5 @@
 ``procfs``        what /proc says about a process: RSS, CPU time, and samplers of both.
 ``results``       JSON writing (numpy-aware, atomic), percentiles, fps per second.
 ``machine``       what the numbers depend on: host, CPU, GPU, runtimes, versions, git sha.
+``modes``         the shared command line: ``--quick`` / ``--tiny``, a comma-separated subset.
 """

@@ -15,6 +15,8 @@ import av
 import numpy as np
 from scipy import signal
 
+from vivify.engines.audio.audio_encode import encode_clip
+
 RATE = 16_000
 OPUS_RATE = 48_000  # libopus runs at 48 kHz in WebRTC
 OPUS_KBPS = (8, 32)
@@ -69,14 +71,7 @@ def opus_roundtrip(x: np.ndarray, kbps: int) -> np.ndarray:
     with av.open(buf, mode="w", format="ogg") as out:
         stream = out.add_stream("libopus", rate=OPUS_RATE, layout="mono")
         stream.bit_rate = kbps * 1000
-        frame = av.AudioFrame.from_ndarray(up[None, :], format="flt", layout="mono")
-        frame.sample_rate = OPUS_RATE
-        frame.pts = 0
-        frame.time_base = Fraction(1, OPUS_RATE)
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+        encode_clip(out, stream, up[None, :], OPUS_RATE, fmt="flt", layout="mono")
     buf.seek(0)
     chunks = []
     with av.open(buf, mode="r") as inp:

@@ -26,6 +26,7 @@ from vivify.streamer.cli.prepare import add_prepare_parsers
 from vivify.streamer.cli.render import add_render_parsers
 from vivify.streamer.cli.serve import add_serve_parser
 from vivify.streamer.cli.talk import add_talk_parser
+from vivify.streamer.cluster.command import add_cluster_parser
 from vivify.streamer.offline.verify import add_verify_parser
 
 
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_parsers(sub)  # render, demo
     add_prepare_parsers(sub)  # prepare, fetch-models
     add_serve_parser(sub)
+    add_cluster_parser(sub)
     add_livekit_parser(sub)
     add_talk_parser(sub)
     add_verify_parser(sub)

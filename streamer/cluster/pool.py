@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vivify.streamer.cluster.node import NodeSpec, VivifyNode, node_options
+from vivify.streamer.optional import import_optional
 
 log = logging.getLogger(__name__)
 RAY_MISSING = ("cluster mode needs Ray: pip install '.[cluster]' (or pip install 'ray>=2.9') "
@@ -22,11 +23,7 @@ RAY_MISSING = ("cluster mode needs Ray: pip install '.[cluster]' (or pip install
 
 def require_ray() -> Any:
     """The ``ray`` module, or ImportError naming the extra to install."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ImportError(RAY_MISSING) from exc
-    return ray
+    return import_optional("ray", RAY_MISSING)
 
 
 def ray_gpus(ray: Any) -> int:

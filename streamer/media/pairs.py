@@ -53,3 +53,31 @@ class Subscriber:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
             q.put_nowait(pair)
+
+
+class PairHub:
+    """Where played pairs fan out: each pair :meth:`publish` gets goes to every subscriber (the
+    peer's tracks, the broadcast encoders), and :meth:`end` ends all their streams at once."""
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscriber] = set()
+
+    def subscribe(self, video: bool = True, audio: bool = True) -> Subscriber:
+        """A new consumer of played pairs; ``video``/``audio`` pick the queues it reads."""
+        sub = Subscriber(video, audio)
+        self.subscribers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        sub.offer(None)
+
+    def publish(self, pair: AVPair) -> None:
+        for sub in list(self.subscribers):
+            sub.offer(pair)
+
+    def end(self) -> None:
+        """Every subscriber's stream ends (``None``) and none is kept."""
+        for sub in list(self.subscribers):
+            sub.offer(None)
+        self.subscribers.clear()

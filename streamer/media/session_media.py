@@ -38,7 +38,7 @@ from vivify.engines.provenance.stamp import ProvenanceStamp
 from vivify.engines.render.renderer import Renderer
 from vivify.streamer.media.audio_input import AudioInput
 from vivify.streamer.media.clock import Clock
-from vivify.streamer.media.pairs import FRAME_SECONDS, AVPair, Subscriber
+from vivify.streamer.media.pairs import FRAME_SECONDS, AVPair, PairHub
 from vivify.streamer.media.render_paths import (
     FrameDrawer,
     RenderPath,
@@ -90,8 +90,9 @@ class MediaStats:
                 "latency_ms_p50": round(p50, 1) if p50 is not None else None}
 
 
-class SessionMedia:
-    """Produces and plays one avatar's pairs. ``start``/``aclose`` are safe to call twice.
+class SessionMedia(PairHub):
+    """Produces and plays one avatar's pairs, published to its subscribers (:class:`PairHub`).
+    ``start``/``aclose`` are safe to call twice.
 
     ``renderer`` draws the frames (and, on the renderer graph, supplies the idle image);
     ``stamp`` marks every frame this session shows (watermark, + label); ``shared`` are the
@@ -102,6 +103,7 @@ class SessionMedia:
                  clock: Clock, config: MediaConfig | None = None, *,
                  stamp: ProvenanceStamp | None = None, shared: SharedEngines | None = None,
                  on_event: Events | None = None, on_failure: Failure | None = None) -> None:
+        super().__init__()  # no subscribers yet
         self.config = config or MediaConfig()
         self.renderer = renderer
         self.driver = driver
@@ -124,7 +126,6 @@ class SessionMedia:
         self._ready: dict[int, AVPair] = {}
         self._produced = 0  # next slot the producer will fill
         self._playing = 0  # next slot the ticker will play
-        self._subscribers: set[Subscriber] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_image = stamp.apply(renderer.pack.crop) if stamp else renderer.pack.crop
@@ -176,9 +177,7 @@ class SessionMedia:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for sub in list(self._subscribers):
-            sub.offer(None)
-        self._subscribers.clear()
+        self.end()
         self.path.close()  # nothing of this session is in flight any more
 
     @property
@@ -186,16 +185,6 @@ class SessionMedia:
         return bool(self._tasks) and not any(t.done() for t in self._tasks)
 
     # ------------------------------------------------------------------ inputs
-    def subscribe(self, video: bool = True, audio: bool = True) -> Subscriber:
-        """A new consumer of played pairs; ``video``/``audio`` pick the queues it reads."""
-        sub = Subscriber(video, audio)
-        self._subscribers.add(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        self._subscribers.discard(sub)
-        sub.offer(None)
-
     def push_audio(self, samples: np.ndarray) -> None:
         """Queue 16 kHz mono float32 audio. Raises ``OverflowError`` past the buffer limit."""
         if samples.size == 0:
@@ -322,8 +311,7 @@ class SessionMedia:
             self._last_image = pair.image
             self._playing = slot + 1
             self._account(pair)
-            for sub in list(self._subscribers):
-                sub.offer(pair)
+            self.publish(pair)
             self._wake.set()
             slot += 1
 

@@ -7,6 +7,8 @@ slot carry the same media time and the receiver's RTCP-based lip sync lines them
 from __future__ import annotations
 
 import fractions
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -19,47 +21,58 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 AUDIO_PACKET = SAMPLES_PER_FRAME // 2  # 20 ms: what Opus packs per packet
 
+T = TypeVar("T")
 
-class AvatarVideoTrack(MediaStreamTrack):
-    kind = "video"
+
+async def next_or_end(track: MediaStreamTrack, source: Callable[[], Awaitable[T | None]]) -> T:
+    """The next item for ``track`` from ``source``, or the end of the track when ``source``
+    says ``None``: a stopped track and ``MediaStreamError``, which is how aiortc's senders
+    learn that a stream ended (a track read after it stopped ends the same way)."""
+    if track.readyState != "live":
+        raise MediaStreamError
+    item = await source()
+    if item is None:
+        track.stop()
+        raise MediaStreamError
+    return item
+
+
+class _SubscriberTrack(MediaStreamTrack):
+    """A track that plays what one :class:`Subscriber` of the session's pairs receives."""
 
     def __init__(self, subscriber: Subscriber) -> None:
         super().__init__()
         self._sub = subscriber
 
+
+class AvatarVideoTrack(_SubscriberTrack):
+    """The session's video, one frame a slot."""
+
+    kind = "video"
+
     async def recv(self) -> av.VideoFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        pair = await self._sub.video.get()
-        if pair is None:
-            self.stop()
-            raise MediaStreamError
+        pair = await next_or_end(self, self._sub.video.get)
         frame = av.VideoFrame.from_ndarray(pair.image, format="rgb24")
         frame.pts = (pair.slot - self._sub.origin(pair.slot)) * (VIDEO_CLOCK // FPS)
         frame.time_base = VIDEO_TIME_BASE
         return frame
 
 
-class AvatarAudioTrack(MediaStreamTrack):
+class AvatarAudioTrack(_SubscriberTrack):
     """The session's audio, 20 ms at a time, in step with the video of the same slots."""
 
     kind = "audio"
 
     def __init__(self, subscriber: Subscriber) -> None:
-        super().__init__()
-        self._sub = subscriber
+        super().__init__(subscriber)
         self._current: AVPair | None = None
         self._half = 0
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
         if self._current is None or self._half == 2:
-            pair = await self._sub.audio.get()
-            if pair is None:
-                self.stop()
-                raise MediaStreamError
-            self._current, self._half = pair, 0
+            self._current, self._half = await next_or_end(self, self._sub.audio.get), 0
+        elif self.readyState != "live":
+            raise MediaStreamError
         pair = self._current
         chunk = pair.audio[self._half * AUDIO_PACKET:(self._half + 1) * AUDIO_PACKET]
         frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")

@@ -23,7 +23,7 @@ from typing import Any
 from vivify.engines.avatar.default_avatar import DEFAULT_AVATAR_ID, default_portrait_path
 from vivify.engines.avatar.pack import AvatarPack, AvatarPreparer
 from vivify.engines.render.renderer import Renderer
-from vivify.streamer.server.errors import Conflict, NotFound
+from vivify.streamer.server.errors import Conflict, lookup
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ class AvatarStore:
         return sorted(self._records.values(), key=lambda r: r.created)
 
     def get(self, avatar_id: str) -> AvatarRecord:
-        try:
-            return self._records[avatar_id]
-        except KeyError:
-            raise NotFound(f"no avatar {avatar_id!r}", code="unknown_avatar") from None
+        return lookup(self._records, avatar_id, "avatar", "unknown_avatar")
 
     def delete(self, avatar_id: str) -> None:
         if avatar_id == DEFAULT_AVATAR_ID:

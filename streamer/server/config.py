@@ -171,7 +171,7 @@ class ServerConfig:
         None, flag="--sfu-url", env="SFU_URL", check=_http_url, metavar="URL",
         help="a Janus gateway's HTTP API, e.g. http://127.0.0.1:8088/janus: each broadcast "
              "publishes once into a VideoRoom there and its JSON says where viewers subscribe "
-             "(docs/sfu.md); none = viewers join this server only")
+             "(docs/scale-out.md); none = viewers join this server only")
     sfu_public_url: str | None = setting(
         None, flag="--sfu-public-url", env="SFU_PUBLIC_URL", check=_http_url, metavar="URL",
         help="the Janus URL viewers' browsers use, when it is not --sfu-url")

@@ -28,7 +28,7 @@ from vivify.streamer.media.scheduler import InferenceScheduler
 from vivify.streamer.media.session_media import MediaConfig, SessionMedia
 from vivify.streamer.server.avatars import AvatarStore
 from vivify.streamer.server.config import ServerConfig
-from vivify.streamer.server.errors import ApiError, Full, NotFound
+from vivify.streamer.server.errors import ApiError, Full, lookup
 from vivify.streamer.server.memory import release_free_heap
 from vivify.streamer.server.session import (
     RETRY_AFTER_S,
@@ -155,10 +155,7 @@ class SessionManager:
         return GraphSlot(batcher, avatar, release=lambda: graph.detach(avatar))
 
     def get(self, session_id: str) -> Session:
-        try:
-            return self.sessions[session_id]
-        except KeyError:
-            raise NotFound(f"no session {session_id!r}", code="unknown_session") from None
+        return lookup(self.sessions, session_id, "session", "unknown_session")
 
     def _forget(self, session: Session) -> None:
         """A session started closing: it is no longer listed and its place is free."""

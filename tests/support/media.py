@@ -10,13 +10,13 @@ one place it is called (Debian package ``espeak-ng``); tests that need it check
 from __future__ import annotations
 
 import wave
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 
 from vivify.engines.audio import espeak
+from vivify.engines.audio.audio_encode import encode_clip
 
 __all__ = ["DEFAULT_RATE", "PCM16_MAX", "dbfs_to_rms", "encode_audio", "espeak_wav",
            "have_espeak", "noise", "noise_wav", "rms_dbfs", "sine", "sine_wav", "speech",
@@ -128,12 +128,5 @@ def encode_audio(
         stream = container.add_stream(codec, rate=rate, layout=layout)
         if not isinstance(stream, av.AudioStream):
             raise ValueError(f"{codec} is not an audio codec")
-        frame = av.AudioFrame.from_ndarray(planes, format="fltp", layout=layout)
-        frame.sample_rate = rate
-        frame.pts = 0
-        frame.time_base = Fraction(1, rate)
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+        encode_clip(container, stream, planes, rate, fmt="fltp", layout=layout)
     return out

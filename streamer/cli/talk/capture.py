@@ -133,7 +133,9 @@ class PcmCapture:
 @functools.cache
 def _microphone_track_class() -> type[MediaStreamTrack]:
     """The aiortc track class, defined on first use so that importing this module stays cheap."""
-    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+    from aiortc.mediastreams import MediaStreamTrack
+
+    from vivify.streamer.rtc.tracks import next_or_end
 
     class MicrophoneTrack(MediaStreamTrack):
         """An aiortc audio track whose frames come from a :class:`PcmCapture`."""
@@ -145,13 +147,13 @@ def _microphone_track_class() -> type[MediaStreamTrack]:
             self.capture = capture
 
         async def recv(self) -> av.AudioFrame:
-            if self.readyState != "live":
-                raise MediaStreamError
+            return await next_or_end(self, self._frame_or_end)
+
+        async def _frame_or_end(self) -> av.AudioFrame | None:
             try:
                 return await self.capture.next_frame()
-            except EOFError:
-                self.stop()
-                raise MediaStreamError from None
+            except EOFError:  # the capture stopped: the track ends
+                return None
 
         def stop(self) -> None:
             super().stop()

@@ -16,6 +16,7 @@ from typing import Any
 from vivify.streamer.cli.talk.capture import FRAME_MS, PcmCapture
 from vivify.streamer.cli.talk.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, TalkError
 from vivify.streamer.cli.talk.playout import PlayoutBuffer
+from vivify.streamer.optional import import_optional
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,7 @@ PYAUDIO_HINT = ("the microphone/speaker path needs PyAudio (PortAudio): install 
 
 def import_pyaudio() -> Any:
     """PyAudio, imported only when a device is needed, with an actionable error if absent."""
-    try:
-        import pyaudio
-    except ImportError as exc:
-        raise TalkError(PYAUDIO_HINT) from exc
-    return pyaudio
+    return import_optional("pyaudio", PYAUDIO_HINT, TalkError)
 
 
 @contextlib.contextmanager
