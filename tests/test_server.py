@@ -25,7 +25,6 @@ from aiortc.contrib.media import MediaPlayer
 
 from tests.support.images import png_bytes
 from tests.support.live_server import TOKEN, LiveServer
-from tests.support.net import free_port
 from tests.support.rtc import TrackRecorder
 from tests.support.video import mouth_activity
 from tests.support.waiting import eventually, grown_by, wait_until
@@ -348,49 +347,34 @@ def test_connect_disconnect_cycles_leak_nothing(server: LiveServer, speech: Path
 def test_sigterm_drains_sessions_and_exits_cleanly(face_models: Path, tmp_path: Path) -> None:
     """SIGTERM: each WebSocket hears ``session_closed`` before its 1012 close, the process
     exits 0, and the token its clients sent (``?token=`` in the logged path) is not logged."""
-    import os
-    import signal
-    import subprocess
-    import sys
+    from bench.harness.server import LiveServer as ServerProcess
 
-    port = free_port()
-    (tmp_path / "models").symlink_to(face_models.parent)  # a private home, the same models
-    env = dict(os.environ, VIVIFY_HOME=str(tmp_path))
-    env.pop("VIVIFY_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "vivify.streamer.cli", "serve",
-                             "--port", str(port),
-                             "--max-sessions", "2", "--token", TOKEN], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    auth = {"authorization": f"Bearer {TOKEN}"}
+    proc = ServerProcess(tmp_path, ["--max-sessions", "2"], TOKEN,
+                         models=face_models.parent)  # a private home, the same models
 
     async def drain_over_websocket(session_id: str) -> tuple[dict[str, Any], int | None]:
-        url = f"ws://127.0.0.1:{port}/v1/sessions/{session_id}/ws?token={TOKEN}"
+        url = f"ws://127.0.0.1:{proc.port}/v1/sessions/{session_id}/ws?token={TOKEN}"
         async with websockets.connect(url) as ws:
             await ws.send('{"type":"stats"}')
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "stats"
-            proc.send_signal(signal.SIGTERM)
+            assert proc.proc is not None
+            proc.proc.terminate()  # SIGTERM, as an operator's service manager sends it
             last = json.loads(await asyncio.wait_for(ws.recv(), 10))
             with contextlib.suppress(websockets.ConnectionClosed):
                 await asyncio.wait_for(ws.recv(), 10)
             return last, ws.close_code
 
+    proc.start(timeout=90)
     try:
-        def healthy() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            return proc.poll() is not None  # it exited: stop waiting, the asserts say why
-
-        wait_until(healthy, 90, "the server to start")
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={"mode": "broadcast"},
-                       headers=auth)
+        r = httpx.post(f"{proc.url}/v1/sessions", json={"mode": "broadcast"},
+                       headers={"authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 201
         event, close_code = asyncio.run(drain_over_websocket(r.json()["id"]))
-        out, _ = proc.communicate(timeout=20)
+        assert proc.proc is not None
+        assert proc.proc.wait(timeout=20) == 0, proc.log_tail(40)  # no second signal
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            out = proc.communicate()[0]
-    assert proc.returncode == 0, out
+        proc.kill()
+    out = proc.log_text()
     assert "closing: server shutting down" in out
     assert event["type"] == "error" and event["code"] == "session_closed", event
     assert close_code == 1012
