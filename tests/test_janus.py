@@ -54,7 +54,9 @@ def _server(home: Path, janus: LocalJanus | None, url: str | None = None) -> Liv
 
 async def _broadcast(client: ApiClient) -> dict[str, Any]:
     session = await client.create_session(None, {"mode": "broadcast"})
-    return await client.session_stats(session["id"])
+    stats = await client.session_stats(session["id"])
+    assert session.get("sfu") == stats["sfu"]  # the create answer already says where to join
+    return stats
 
 
 def _not_blank(frame: np.ndarray) -> bool:

@@ -68,6 +68,8 @@ def router(manager: SessionManager) -> APIRouter:
                                "provenance": session.provenance()}
         if answer is not None:
             out["answer"] = answer
+        if session.sfu is not None:  # --sfu-url: where viewers subscribe (docs/scale-out.md)
+            out["sfu"] = session.sfu.info()
         return out
 
     @api.post("/{session_id}/viewers", status_code=201)
