@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export import video_eval as ve
+from vivify.export import video_eval as ve
 from vivify.export.data import build as corpus
 from vivify.export.data import labels as lab
 
