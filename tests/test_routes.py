@@ -71,6 +71,7 @@ class FakeSession:
         self.closed = False
         self.touched = 0
         self.flood = False
+        self.sfu: Any = None  # no --sfu-url in these tests
 
     def emit(self, event: dict[str, Any]) -> None:
         for send in list(self.sockets):
