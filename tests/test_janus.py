@@ -59,6 +59,9 @@ async def _broadcast(client: ApiClient) -> dict[str, Any]:
     return stats
 
 
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+
+
 def _not_blank(frame: np.ndarray) -> bool:
     """A face, not a black or flat frame: real contrast and a mid-range mean."""
     return bool(frame.std() > 20 and 20 < frame.mean() < 235)
@@ -184,6 +187,8 @@ def test_watch_page_subscribes_through_janus(face_models: Path, tmp_path: Path,
             page.wait_for_function("window.vivifyStats && window.vivifyStats.framesDecoded > 0",
                                    timeout=MEDIA_TIMEOUT_S * 1000)
             route, stats = page.evaluate("window.vivifyRoute"), page.evaluate("window.vivifyStats")
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)  # to look at, beside test_browser's
+            page.screenshot(path=str(SCREENSHOTS / "viewer-page-janus.png"))
         finally:
             browser.close()
         viewers = httpx.get(f"{live.url}/v1/sessions/{sid}").json()["viewers"]
