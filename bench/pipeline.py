@@ -29,7 +29,8 @@ synchronisation at the end, the throughput a pipelined server would see (``pipel
 from the smaller batches before it (one runner pair serves every batch, as in serving).
 
 Both torch twins come from their manifests' ``torch_factory`` (the renderer graph, whose
-constants are all buffers, and ``engines/motion/generator_twin.py`` with the manifest's own ONNX
+constants are all buffers, and
+``engines/runtimes/torch_models/generator_twin.py`` with the manifest's own ONNX
 weights), so the bench runs exactly what the server would.
 
 Every row also checks the pipeline's frames against the renderer runner's own output for the

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vivify.engines.motion.torch_model import MotionFlow, Student, sample_euler
+from vivify.engines.runtimes.torch_models.generator import MotionFlow, Student, sample_euler
 from vivify.export.dataset import WindowSampler, noisy_past
 from vivify.export.train import budgeted_steps, load, save
 

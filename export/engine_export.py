@@ -31,7 +31,7 @@ from vivify.engines.runtimes.renderer_bank import (
     GraphGeometry,
     renderer_feeds,
 )
-from vivify.export.renderer_graph import RendererGraph
+from vivify.engines.runtimes.torch_models.renderer_graph import RendererGraph
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ OPSET = 17  # GridSample needs ≥ 16; TensorRT ≥ 8.5 parses it natively
 INPUT_NAMES = ("motion", "avatar", *BANK_INPUTS)
 OUTPUT_NAMES = ("image",)
 DEFAULT_OUT = Path("artifacts/engines")
-TORCH_FACTORY = "vivify.export.renderer_graph:RendererGraph"
+TORCH_FACTORY = "vivify.engines.runtimes.torch_models.renderer_graph:RendererGraph"
 
 
 def _example_bank(geo: GraphGeometry, avatars: int = 2) -> dict[str, np.ndarray]:
@@ -110,7 +110,7 @@ def export_renderer(out_dir: Path = DEFAULT_OUT, geometry: GraphGeometry | None 
 def twin_source_sha256() -> str:
     """sha256 of the torch twin's source: an export made from other code is stale (the torch
     runner would run today's code while ONNX Runtime and TensorRT run the old file)."""
-    import vivify.export.renderer_graph as twin
+    import vivify.engines.runtimes.torch_models.renderer_graph as twin
 
     return sha256_file(Path(twin.__file__))
 

@@ -75,7 +75,7 @@ class TorchRunner:
                  cfg_scale: float | None = None) -> None:
         import torch
 
-        from vivify.engines.motion.torch_model import sample_euler
+        from vivify.engines.runtimes.torch_models.generator import sample_euler
         from vivify.export.train import load
 
         self.torch, self.sample = torch, sample_euler

@@ -22,7 +22,7 @@ import torch
 
 from vivify.engines.motion.generator import INPUT_NAMES, OUTPUT_NAME, sha256_file
 from vivify.engines.motion.generator_config import GeneratorConfig
-from vivify.engines.motion.torch_model import Student
+from vivify.engines.runtimes.torch_models.generator import Student
 from vivify.export.train import load
 
 OPSET = 17
@@ -66,7 +66,7 @@ def export(student_path: Path, out_dir: Path, name: str = "motion_generator") ->
         "bytes": onnx_path.stat().st_size,
         "rig_version": cfg.rig_version,
         "opset": OPSET,
-        "torch_factory": "vivify.engines.motion.generator_twin:GeneratorTwin",
+        "torch_factory": "vivify.engines.runtimes.torch_models.generator_twin:GeneratorTwin",
         "config": asdict(cfg),
         "inputs": {
             "mel": ["batch", cfg.context_frames * cfg.mels_per_frame, cfg.n_mels],

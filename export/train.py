@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vivify.engines.motion.generator_config import TINY, GeneratorConfig
-from vivify.engines.motion.torch_model import MotionFlow
+from vivify.engines.runtimes.torch_models.generator import MotionFlow
 from vivify.export.dataset import WindowSampler, noisy_past
 
 EMA_DECAY = 0.998  # ~500-step average: runs here are a few thousand steps

@@ -81,8 +81,8 @@ def test_pipeline_frames_are_the_graphs_output(renderer_json: Path, bank) -> Non
     """Independently of the runner plumbing: the pipeline's uint8 frames equal the renderer
     graph module's output for the generator's motions, rows mixing the bank's avatars."""
     from vivify.engines.render.graph_renderer import to_uint8
+    from vivify.engines.runtimes.torch_models.renderer_graph import RendererGraph
     from vivify.export.engine_export import INPUT_NAMES
-    from vivify.export.renderer_graph import RendererGraph
 
     gen, ren = _runners("torch-cpu", renderer_json)
     with gen, ren:

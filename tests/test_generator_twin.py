@@ -1,4 +1,5 @@
-"""The torch twin of the committed generator (engines/motion/generator_twin.py) against ONNX
+"""The torch twin of the committed generator
+(engines/runtimes/torch_models/generator_twin.py) against ONNX
 Runtime."""
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def manifest() -> ModelManifest:
 
 @pytest.fixture(scope="module")
 def twin(manifest: ModelManifest):
-    from vivify.engines.motion.generator_twin import GeneratorTwin
+    from vivify.engines.runtimes.torch_models.generator_twin import GeneratorTwin
 
     return GeneratorTwin.from_manifest(manifest)
 
@@ -56,7 +57,8 @@ def test_twin_matches_onnx_runtime(twin, ort_session, batch: int) -> None:
 
 
 def test_manifest_names_the_twin(manifest: ModelManifest) -> None:
-    assert manifest.raw["torch_factory"] == "vivify.engines.motion.generator_twin:GeneratorTwin"
+    assert (manifest.raw["torch_factory"]
+            == "vivify.engines.runtimes.torch_models.generator_twin:GeneratorTwin")
 
 
 def test_torch_runner_builds_the_twin(manifest: ModelManifest, ort_session) -> None:
@@ -87,7 +89,11 @@ def test_forward_is_device_clean(twin) -> None:
 
 
 def test_every_weight_is_mapped_or_refused(tmp_path, manifest: ModelManifest) -> None:
-    from vivify.engines.motion.generator_twin import NOT_IN_GRAPH, GeneratorTwin, TwinMismatchError
+    from vivify.engines.runtimes.torch_models.generator_twin import (
+        NOT_IN_GRAPH,
+        GeneratorTwin,
+        TwinMismatchError,
+    )
 
     model = onnx.load(str(manifest.onnx_path))
     names = {i.name for i in model.graph.initializer}

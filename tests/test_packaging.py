@@ -47,6 +47,7 @@ SERVING_MODULES = ("vivify.streamer.cli.main", "vivify.streamer.server.serve",
                    "vivify.streamer.server.app", "vivify.streamer.offline.render")
 # Import names of what only pyproject.toml's extras install (export, talk, livekit, pipecat,
 # dev); a module the serving start imports must not be one of them.
+TORCH_MODULES = "engines/runtimes/torch_models/"  # nn.Module definitions, loaded by name only
 # Import names that only an extra installs (pyproject.toml's optional-dependencies).
 EXTRAS_ONLY = ("torch", "onnx", "polygraphy", "librosa", "soundfile", "pyaudio", "ray",
                "livekit", "pipecat", "matplotlib", "playwright", "hypothesis", "pytest")
@@ -126,7 +127,7 @@ def _under(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
 
 
-def test_serving_never_imports_export_and_engines_never_import_streamer() -> None:
+def test_layer_rules_serving_never_imports_export_or_torch_and_engines_never_streamer() -> None:
     wrong: list[str] = []
     for root in ("streamer", "engines"):
         for path in _source_files(root):
@@ -138,6 +139,10 @@ def test_serving_never_imports_export_and_engines_never_import_streamer() -> Non
                     wrong.append(f"{rel} imports {module}")
                 if root == "engines" and _under(module, "vivify.streamer"):
                     wrong.append(f"{rel} imports {module} (engines/ is the layer below)")
+                if (_under(module, "torch") and module_level
+                        and not rel.startswith(TORCH_MODULES)):
+                    wrong.append(f"{rel} imports torch at module level (only {TORCH_MODULES} "
+                                 "may: the torch runtime loads it by name)")
     assert not wrong, "\n".join(wrong)
 
 

@@ -1,4 +1,5 @@
-"""The renderer graph (export/renderer_graph.py) against the CPU renderer, and its ONNX export:
+"""The renderer graph
+(engines/runtimes/torch_models/renderer_graph.py) against the CPU renderer, and its ONNX export:
 PSNR ≥ 40 dB per test motion, TensorRT-native operators only, dynamic batch, mixed avatars."""
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from vivify.engines.runtimes.renderer_bank import (  # noqa: E402
     build_bank,
     renderer_feeds,
 )
+from vivify.engines.runtimes.torch_models.renderer_graph import RendererGraph  # noqa: E402
 from vivify.export.engine_export import INPUT_NAMES, export_renderer, inspect  # noqa: E402
 from vivify.export.parity import psnr  # noqa: E402
-from vivify.export.renderer_graph import RendererGraph  # noqa: E402
 
 MOTIONS = {
     "rest": rest_motion(),

@@ -55,7 +55,7 @@ def renderer_manifest(tmp_path: Path) -> ModelManifest:
     raw = {"name": "renderer", "file": "renderer.onnx", "sha256": "ab" * 32,
            "rig_version": "rig-1", "inputs": geo.input_shapes(), "outputs": geo.output_shapes(),
            "dtypes": {"avatar": "int32"},
-           "torch_factory": "vivify.export.renderer_graph:RendererGraph"}
+           "torch_factory": "vivify.engines.runtimes.torch_models.renderer_graph:RendererGraph"}
     path = tmp_path / "renderer.json"
     path.write_text(json.dumps(raw))
     return ModelManifest.load(path, verify=False)

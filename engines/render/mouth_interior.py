@@ -2,9 +2,10 @@
 
 One function, :func:`interior`, written once for both renderers: the CPU renderer calls it with
 numpy (:data:`NUMPY`, arrays (h, w), colours (3,), channels last) and the renderer graph with
-torch (export/renderer_graph.py, tensors (B, h, w), colours (B, 3, 1, 1), channels first). It
-uses only arithmetic, ``clamp``, ``floor``, ``exp`` and ``sin`` — elementwise ops every
-runtime has (TensorRT included) — so the two renderers compute the same pixels.
+torch (engines/runtimes/torch_models/renderer_graph.py, tensors (B, h, w), colours (B, 3, 1, 1),
+channels first). It uses only arithmetic, ``clamp``, ``floor``, ``exp`` and ``sin`` —
+elementwise ops every runtime has (TensorRT included) — so the two renderers compute
+the same pixels.
 
 The model, front to back, inside the target inner-lip opening (``y_up`` .. ``y_lo``):
 

@@ -1,6 +1,7 @@
 """Per-avatar inputs of the renderer graph (the "avatar bank"), built with numpy from a pack.
 
-Why inputs and not baked constants: the renderer graph (``export/renderer_graph.py``) is the
+Why inputs and not baked constants: the renderer graph
+(``engines/runtimes/torch_models/renderer_graph.py``) is the
 same for every avatar of a crop size; what differs per avatar (rig basis, thin-plate matrix,
 images, palette) is fed as a *bank* of ``A`` avatars plus an ``avatar`` index per batch item.
 One engine then serves a batch that mixes avatars (one row per session), engines are built once

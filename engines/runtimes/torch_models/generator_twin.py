@@ -3,8 +3,8 @@
 Why: ``models/motion_generator.onnx`` is the only copy of the distilled student's weights that
 ships (the ``student.pt`` checkpoint is a training artifact in ``artifacts/``, not committed),
 but the GPU runtime ``torch-cuda`` (``engines/runtimes/torch_runner.py``) needs an
-``nn.Module``. :class:`GeneratorTwin` rebuilds :class:`vivify.engines.motion.torch_model.Student`
-from the manifest's
+``nn.Module``. :class:`GeneratorTwin` rebuilds the student
+(:class:`~vivify.engines.runtimes.torch_models.generator.Student`) from the manifest's
 ``config`` and fills it from the ONNX initializers, so the twin and the ONNX graph are the same
 model by construction (``tests/test_generator_twin.py`` measures the difference against ONNX
 Runtime).
@@ -25,7 +25,8 @@ Any other parameter or buffer without a match, a shape mismatch, or two sources 
 an error naming the key. The ONNX file's ``config`` metadata must equal the config given, so a
 manifest can never pair a config with another model's weights.
 
-Device: ``vivify.engines.motion.torch_model`` creates a few tensors inside ``forward`` without a
+Device: ``vivify.engines.runtimes.torch_models.generator``
+creates a few tensors inside ``forward`` without a
 device (the Euler
 time grid, the timestep frequencies). :meth:`GeneratorTwin.forward` runs the same code under a
 ``torch.device`` context, so on CUDA they are made on the GPU (no host tensors, nothing copied
@@ -45,7 +46,7 @@ import torch
 from onnx import numpy_helper
 
 from vivify.engines.motion.generator_config import GeneratorConfig
-from vivify.engines.motion.torch_model import MotionFlow, Student
+from vivify.engines.runtimes.torch_models.generator import MotionFlow, Student
 
 # Parameters the exported graph does not contain, with the reason (see the module docstring).
 NOT_IN_GRAPH = {"flow.null_audio": "unconditional branch only; the student's graph never reads it"}
@@ -127,7 +128,8 @@ def _onnx_config(model: onnx.ModelProto) -> dict[str, Any] | None:
 
 
 class GeneratorTwin(Student):
-    """:class:`vivify.engines.motion.torch_model.Student` with the ONNX file's weights; forward =
+    """:class:`~vivify.engines.runtimes.torch_models.generator.Student` with the ONNX file's
+    weights; forward =
     the ONNX graph.
 
     ``forward(mel, past, controls, noise) → motion`` in the ONNX inputs' order and shapes:
