@@ -52,8 +52,9 @@ from bench.harness.machine import machine_info
 from bench.harness.peers import SEND_RATE, Peer
 from bench.harness.procfs import CpuMeter
 from bench.harness.results import write_json
-from bench.harness.server import REPO, LiveServer, free_port
+from bench.harness.server import REPO, LiveServer
 from vivify.streamer.client import ApiClient, ClientError
+from vivify.streamer.net import free_port
 
 RESULTS = REPO / "bench" / "results"
 BROADCAST = {"mode": "broadcast", "avatar": "default"}

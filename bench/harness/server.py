@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,16 +29,10 @@ from typing import Any
 import httpx
 
 from bench.harness.procfs import rss_mib
+from vivify.streamer.net import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTH = "/healthz"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (the kernel picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LiveServer:
@@ -132,16 +125,17 @@ class LiveServer:
         return False
 
     def _wait_ready(self, timeout: float) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout
+        assert self.proc is not None
         with httpx.Client(timeout=1.0, trust_env=False) as c:
-            while time.monotonic() < deadline and self.alive():
+            def health() -> dict[str, Any] | None:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     r = c.get(self.url + HEALTH)
                     if r.status_code == 200:
-                        health: dict[str, Any] = r.json()
-                        return health
-                time.sleep(0.1)
-        return None
+                        answer: dict[str, Any] = r.json()
+                        return answer
+                return None
+
+            return wait_ready(self.proc, health, timeout)
 
     # ------------------------------------------------------------------ while it runs
     @property

@@ -24,11 +24,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vivify.streamer.net import free_port, wait_ready
 
 # The same code path as `vivify serve` (ServerConfig from VIVIFY_* → serve()), without the
 # argparse front end, so a node needs nothing but the server package.
@@ -66,12 +67,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def advertised_host(bind: str) -> str:
     """The address the ingress reaches this node at: the bind address, or for 0.0.0.0 this
     machine's address in the Ray cluster."""
@@ -107,16 +102,18 @@ class VivifyNode:
     # ------------------------------------------------------------------ for the ingress
     def start(self) -> dict[str, Any]:
         """Wait until the server answers ``/healthz``; its URL, pid and first health."""
-        deadline = time.monotonic() + self.spec.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.spec.name}: vivify serve exited with "
-                                   f"{self.proc.returncode}: {self.log_tail()}")
+        def health() -> dict[str, Any] | None:
             with contextlib.suppress(OSError, ValueError):
-                health = self.health(timeout=1.0)
-                return {"name": self.spec.name, "url": self.url, "pid": self.proc.pid,
-                        "log": str(self.log_path), "health": health}
-            time.sleep(READY_POLL_S)
+                return self.health(timeout=1.0)
+            return None
+
+        first = wait_ready(self.proc, health, self.spec.start_timeout_s, READY_POLL_S)
+        if first is not None:
+            return {"name": self.spec.name, "url": self.url, "pid": self.proc.pid,
+                    "log": str(self.log_path), "health": first}
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"node {self.spec.name}: vivify serve exited with "
+                               f"{self.proc.returncode}: {self.log_tail()}")
         self.stop()
         raise RuntimeError(f"node {self.spec.name}: not ready in {self.spec.start_timeout_s:.0f}"
                            f" s: {self.log_tail()}")

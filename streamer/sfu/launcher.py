@@ -16,15 +16,15 @@ import contextlib
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import httpx
+
+from vivify.streamer.net import free_port, wait_ready
 
 LIB_DIR = Path("/usr/lib/x86_64-linux-gnu/janus")
 PLUGIN = "libjanus_videoroom.so"
@@ -34,12 +34,6 @@ TRANSPORT = "libjanus_http.so"
 def janus_binary() -> str | None:
     """The ``janus`` executable on PATH (Debian package ``janus``), or None."""
     return shutil.which("janus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _library_dir() -> Path:
@@ -153,20 +147,21 @@ admin: {{
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"janus exited with {self.process.returncode}: "
-                                   f"{self.log_tail()}")
-            try:
+        assert self.process is not None
+
+        def videoroom_loaded() -> bool | None:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
                 r = httpx.get(f"{self.url}/info", timeout=1.0)
                 if r.status_code == 200 and "janus.plugin.videoroom" in r.json().get(
                         "plugins", {}):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+                    return True
+            return None
+
+        if wait_ready(self.process, videoroom_loaded, self.start_timeout_s, 0.05):
+            return
+        if self.process.poll() is not None:
+            raise RuntimeError(f"janus exited with {self.process.returncode}: "
+                               f"{self.log_tail()}")
         self.stop()
         raise TimeoutError(f"janus did not answer within {self.start_timeout_s} s: "
                            f"{self.log_tail()}")

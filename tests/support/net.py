@@ -1,7 +1,7 @@
-"""Loopback ports for servers a test starts: the benchmarks' own helper, one definition."""
+"""Loopback ports for servers a test starts: one definition, vivify.streamer.net."""
 
 from __future__ import annotations
 
-from bench.harness.server import free_port
+from vivify.streamer.net import free_port
 
 __all__ = ["free_port"]
