@@ -2,9 +2,10 @@
 
 One table per held-out source — espeak-ng's evaluation voices, the festival voices and the
 klettres languages export/data/build.py keeps out of training — clean and through Opus
-16 kbit/s, for each model given (generator manifests, and ``baseline``): bilabials closed,
-open vowels opened, opening p90, silence at rest, lag (export/video_eval.py: the outside
-judge's definitions on the rendered frames, phone times from the source itself).
+16 kbit/s, for each model given (generator manifests, ``baseline``, and ``labels``: the
+training targets of the source's own phone times rendered directly, the ceiling of any model):
+bilabials closed, open vowels opened, opening p90, silence at rest, lag (export/video_eval.py:
+the outside judge's definitions on the rendered frames, phone times from the source itself).
 
 Output: ``--out`` (default ``artifacts/holdout``)/report.json and report.md.
 """
@@ -88,6 +89,8 @@ def evaluate(models: dict[str, str], clips_per_source: int, seed: int) -> dict:
         table: dict = {}
         for channel, kbps in (("clean", None), ("opus16", 16)):
             for name, model in models.items():
+                if model == "labels" and kbps:
+                    continue  # the targets do not hear the channel
                 rows = [ve.render_and_score(audio, segs, model, analyzer, renderer, kbps)
                         for _, (audio, segs) in clips]
                 table[f"{name}/{channel}"] = ve.summarise(rows)
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {"shipped": str(DEFAULT_MANIFEST)}
     models.update(dict(m.split("=", 1) for m in args.model))
     models["baseline"] = "baseline"
+    models["labels"] = "labels"  # the targets themselves: the ceiling of any model
     t0 = time.perf_counter()
     report = evaluate(models, args.clips, args.seed)
     report["seconds"] = round(time.perf_counter() - t0, 1)

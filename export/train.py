@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -151,9 +152,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--closure-boost", type=float, default=0.0,
                    help="share of windows drawn around a bilabial closure (0 = uniform)")
+    p.add_argument("--lookahead", type=int, default=None,
+                   help="L, frames of future audio (default: the config's)")
+    p.add_argument("--window", type=int, default=None, help="W, frames per call")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TINY if args.tiny else GeneratorConfig()
+    shape = {k: v for k, v in (("lookahead", args.lookahead), ("window", args.window))
+             if v is not None}
+    cfg = dataclasses.replace(cfg, **shape)
     info = train(args.corpus, args.out, cfg, args.steps, args.batch, args.lr, args.seed,
                  max_minutes=args.max_minutes, init=args.init, closure_boost=args.closure_boost)
     print(f"teacher saved to {args.out} after {info['seconds']:.0f} s")

@@ -116,20 +116,38 @@ def score(opening: np.ndarray, segments: list[tuple[float, float, str]],
         bilabials=len(bil), open_vowels=len(vow))
 
 
-def render_frames(audio: np.ndarray, model: str, renderer: Any) -> list[np.ndarray]:
-    """``audio`` (16 kHz) through ``model`` ("baseline", or a generator manifest path) and
-    the renderer, then H.264 and back: the frames a viewer of the file gets."""
-    import av
+def label_motions(segments: list[tuple[float, float, str]], n: int) -> np.ndarray:
+    """The mouth targets of ``segments`` on a still head: what a perfect model would show
+    (the "labels" row: a source's scores that no model trained on these targets can beat)."""
+    from vivify.engines.motion.vector import INDEX, rest_motion
+    from vivify.export.data import labels as lab
 
-    from vivify.engines.audio.audio_io import SAMPLE_RATE
+    mouth = lab.mouth_labels(segments, n)
+    motions = np.repeat(rest_motion()[None], n, axis=0)
+    for k, name in enumerate(lab.MOUTH):
+        motions[:, INDEX[name]] = mouth[:, k]
+    return motions
+
+
+def drive(audio: np.ndarray, model: str) -> np.ndarray:
+    """``audio`` (16 kHz) through ``model``: "baseline" or a generator manifest path."""
     from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
     from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
-    from vivify.engines.motion.vector import clip_motion
-    from vivify.streamer.offline.video_writer import Mp4Writer
 
     driver: Any = (BaselineDriver(BaselineConfig(seed=0)) if model == "baseline"
                    else MotionGenerator(GeneratorRunner(model), seed=0))
-    motions = np.concatenate([driver.push(audio), driver.flush()])
+    return np.concatenate([driver.push(audio), driver.flush()])
+
+
+def render_frames(audio: np.ndarray, motions: np.ndarray, renderer: Any) -> list[np.ndarray]:
+    """``motions`` through the renderer with ``audio`` (16 kHz), then H.264 and back: the
+    frames a viewer of the file gets."""
+    import av
+
+    from vivify.engines.audio.audio_io import SAMPLE_RATE
+    from vivify.engines.motion.vector import clip_motion
+    from vivify.streamer.offline.video_writer import Mp4Writer
+
     with tempfile.TemporaryDirectory() as tmp:
         mp4 = Path(tmp) / "out.mp4"
         size = renderer.pack.size
@@ -144,12 +162,16 @@ def render_frames(audio: np.ndarray, model: str, renderer: Any) -> list[np.ndarr
 def render_and_score(audio: np.ndarray, segments: list[tuple[float, float, str]],
                      model: str, analyzer: Any, renderer: Any,
                      opus_kbps: int | None = None) -> Scores:
-    """Render ``audio`` with ``model`` and score the video. With ``opus_kbps`` the driver
-    hears the audio after an Opus round trip (the scores keep the clean timeline)."""
+    """Render ``audio`` with ``model`` (a driver, or "labels": the targets of ``segments``)
+    and score the video. With ``opus_kbps`` the driver hears the audio after an Opus round
+    trip (the scores keep the clean timeline)."""
     from vivify.export.data.augment import opus_roundtrip
 
-    heard = opus_roundtrip(audio, opus_kbps) if opus_kbps else audio
-    frames = render_frames(heard, model, renderer)
+    if model == "labels":
+        motions = label_motions(segments, audio.size // SAMPLES_PER_FRAME)
+    else:
+        motions = drive(opus_roundtrip(audio, opus_kbps) if opus_kbps else audio, model)
+    frames = render_frames(audio, motions, renderer)
     return score(mouth_openings(frames, analyzer), segments, audio)
 
 

@@ -33,6 +33,7 @@ SAMPLES: dict[str, Any] = {
     "max_ws_buffer_seconds": 30.0, "session_idle_timeout": 0.0, "size": 256,
     "audio_prefetch_frames": 2, "playout_depth_frames": 5, "disclosure_label": "always",
     "label_text": "Synthetic", "driver": "learned", "max_batch": 8, "runtime": "ort-cpu",
+    "generator": Path("x/motion_generator.json"),
     "renderer": "graph", "renderer_model": Path("x/renderer.json"),
     "renderer_runtime": "ort-cpu", "max_render_batch": 16, "workers": 3,
 }

@@ -13,6 +13,7 @@ from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
 from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
 from vivify.streamer.media.clock import VirtualClock
 from vivify.streamer.media.pairs import AVPair
+from vivify.streamer.media.playout_phase import PhaseConfig, PlayoutPhase
 from vivify.streamer.media.render_paths import GraphSlot, SharedEngines
 from vivify.streamer.media.session_media import MAX_LIVE_BACKLOG, MediaConfig, SessionMedia
 
@@ -189,3 +190,65 @@ def test_a_failing_pipeline_reports_once_instead_of_freezing(renderer) -> None:
 
     asyncio.run(scenario())
     assert len(failures) == 1 and "exploded" in str(failures[0])
+
+
+Action = tuple[float, Callable[[SessionMedia], Any]]
+
+
+def _microphone(audio: np.ndarray, phase: float) -> list[Action]:
+    """A caller's microphone: 20 ms packets arriving ``phase`` s into the playout grid."""
+    def packet(k: int) -> Callable[[SessionMedia], Any]:
+        return lambda m: m.push_audio(audio[k * 320:(k + 1) * 320])
+    return [(phase + 0.02 * k, packet(k)) for k in range(audio.size // 320)]
+
+
+def _live_waits(renderer, follow: bool) -> tuple[list[float], SessionMedia]:
+    """Seconds from a live block's arrival to its pair being played, over the last second of
+    a 5 s call whose packets arrive 5 ms after the grid's ticks (a pair then waits ~30 ms)."""
+    played_at: dict[int, float] = {}
+
+    def setup(media: SessionMedia) -> None:
+        if not follow:
+            media.phase = PlayoutPhase(PhaseConfig(margin=1.0))  # never moves
+        publish = media.publish
+
+        def timed(pair: AVPair) -> None:
+            played_at[pair.slot] = media.clock.now()
+            publish(pair)
+        media.publish = timed  # type: ignore[method-assign]
+
+    played, _, media = _run(renderer, 5.0, live=True, setup=setup, delay=0.005,
+                            actions=_microphone(_speech_like(5.0), 0.005))
+    waits = [played_at[p.slot] - p.arrived for p in played
+             if p.live and p.arrived is not None and played_at[p.slot] > 4.0]
+    return waits, media
+
+
+def test_a_live_grid_moves_to_just_after_its_pairs_are_made(renderer) -> None:
+    fixed, _ = _live_waits(renderer, follow=False)
+    moved, media = _live_waits(renderer, follow=True)
+    assert len(moved) >= 20 and len(fixed) >= 20
+    assert media.phase.offset < -0.01  # the grid ticks earlier than where it started
+    assert np.median(moved) <= np.median(fixed) - 0.01  # ≥ 10 ms less from audio to frame
+    assert media.phase.slips == 0  # no idle pair slipped into the speech
+    assert media.stats.dropped_pairs <= 1 and media.stats.late_slots <= 1  # the first one
+
+
+def test_an_agent_stream_keeps_its_grid(played_speech) -> None:
+    _audio, (_played, _events, media) = played_speech
+    assert media.phase.offset == 0.0  # queued ahead on purpose: nothing to follow
+
+
+def test_playout_phase_moves_in_small_steps_backs_off_and_keeps_a_floor() -> None:
+    phase = PlayoutPhase(PhaseConfig(margin=0.008, window=5, step=0.002, backoff=0.01,
+                                     creep=0.0))
+    for _ in range(5):
+        phase.waited(0.030)
+    offsets = [phase.tick() for _ in range(15)]
+    assert np.allclose(np.diff([0.0, *offsets])[:11], -0.002)  # 22 ms spare, 2 ms a tick
+    assert offsets[-1] == pytest.approx(-0.022)
+    phase.late()  # speech slipped a slot: 10 ms back, and never that early again
+    assert [phase.tick() for _ in range(6)][-1] == pytest.approx(-0.012)
+    for _ in range(5):
+        phase.waited(0.050)
+    assert [phase.tick() for _ in range(6)][-1] == pytest.approx(-0.012)  # held by the floor

@@ -51,10 +51,12 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, int) and not isinstance(v, bool) and f.name != "cache" and v <= 0:
+            if (isinstance(v, int) and not isinstance(v, bool)
+                    and f.name not in ("cache", "lookahead") and v <= 0):
                 raise ValueError(f"{f.name} must be positive, got {v}")
-        if self.cache < 0:
-            raise ValueError(f"cache must be ≥ 0, got {self.cache}")
+        for name in ("cache", "lookahead"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
         if self.window + self.lookahead > 4:
             raise ValueError(f"window + lookahead must be ≤ 4 frames (160 ms latency), got "
                              f"{self.window} + {self.lookahead}")

@@ -34,10 +34,14 @@ THETA_CARRYOVER = 40.0  # 1/s: and 25 ms after it
 EVAL_STEP_S = 1.0 / FPS  # labels are sampled at frame centres
 SILENCE_MARGIN_S = 0.1  # "silent" frames are this far from speech: the jaw needs ~100 ms to close
 
+# Lips closed (not pressed) in silence: a portrait whose rest mouth is open (the default avatar
+# smiles with parted lips) would otherwise rest open in every pause, where people close their
+# lips; on a closed-mouth portrait it only thins the lips a little (the rig's PRESS_THIN).
+SILENCE_PRESS = 0.9
 # viseme: (jaw, stretch, round, upper_raise, lower_depress, press), dominance α (all dims),
 # optional per-dim dominance overrides.
 VISEMES: dict[str, tuple[tuple[float, ...], float]] = {
-    "SIL": ((0.0, 0.0, 0.0, 0.0, 0.0, 0.0), 0.6),
+    "SIL": ((0.0, 0.0, 0.0, 0.0, 0.0, SILENCE_PRESS), 0.6),
     "BMP": ((0.0, 0.05, 0.1, 0.0, 0.0, 1.0), 6.0),
     "FV": ((0.08, 0.15, 0.0, 0.6, 0.1, 0.0), 2.5),
     "TH": ((0.2, 0.2, 0.0, 0.2, 0.1, 0.0), 1.0),
@@ -49,12 +53,12 @@ VISEMES: dict[str, tuple[tuple[float, ...], float]] = {
     "W": ((0.1, 0.0, 0.85, 0.0, 0.0, 0.0), 2.0),
     "J": ((0.15, 0.4, 0.0, 0.0, 0.0, 0.0), 0.8),
     "AA": ((0.75, 0.15, 0.0, 0.1, 0.3, 0.0), 1.0),
-    "EH": ((0.5, 0.4, 0.0, 0.05, 0.2, 0.0), 1.0),
+    "EH": ((0.6, 0.4, 0.0, 0.05, 0.25, 0.0), 1.0),
     "IY": ((0.25, 0.65, 0.0, 0.0, 0.05, 0.0), 1.0),
     "OH": ((0.55, 0.0, 0.6, 0.0, 0.15, 0.0), 1.0),
     "UW": ((0.25, 0.0, 0.85, 0.0, 0.0, 0.0), 1.2),
-    "AH": ((0.45, 0.1, 0.0, 0.0, 0.15, 0.0), 0.8),
-    "ER": ((0.35, 0.0, 0.3, 0.0, 0.1, 0.0), 0.8),
+    "AH": ((0.6, 0.1, 0.0, 0.0, 0.2, 0.0), 1.0),
+    "ER": ((0.5, 0.0, 0.3, 0.0, 0.15, 0.0), 1.0),
     "YY": ((0.3, 0.0, 0.7, 0.0, 0.0, 0.0), 1.0),
 }
 PRESS_DOMINANCE = 10.0  # bilabials' dominance on lip_press: the closure always wins

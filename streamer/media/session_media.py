@@ -39,6 +39,7 @@ from vivify.engines.render.renderer import Renderer
 from vivify.streamer.media.audio_input import AudioInput
 from vivify.streamer.media.clock import Clock
 from vivify.streamer.media.pairs import FRAME_SECONDS, AVPair, PairHub
+from vivify.streamer.media.playout_phase import PlayoutPhase
 from vivify.streamer.media.render_paths import (
     FrameDrawer,
     RenderPath,
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 
 MAX_LIVE_BACKLOG = 2 * SAMPLES_PER_FRAME  # live mic audio kept beyond what is being generated
 IDLE_LEAD = 0  # see MediaConfig.idle_lead
+# An idle pair for a slot is started this long before the slot is due, not as soon as the slot
+# before it plays: live audio that comes in the meantime takes the slot instead. It must cover
+# making one idle pair (driver + render, a few ms here); one that is late holds the last frame.
+IDLE_DEADLINE = 0.015
 
 Events = Callable[[dict[str, Any]], None]
 Failure = Callable[[BaseException], None]
@@ -124,6 +129,11 @@ class SessionMedia(PairHub):
         self._input = AudioInput()
         self._pending: deque[tuple[np.ndarray, bool, float | None]] = deque()  # blocks in driver
         self._ready: dict[int, AVPair] = {}
+        self._made: dict[int, float] = {}  # slot → clock time its pair was made
+        self.phase = PlayoutPhase()  # a live session's grid follows its pairs (playout_phase)
+        self._grid_start: float | None = None  # clock time of slot 0 (before phase moves)
+        self._idle_run = 0  # idle blocks fed since the last live one
+        self._heard_live = False  # a live block was fed since the start or an interrupt
         self._produced = 0  # next slot the producer will fill
         self._playing = 0  # next slot the ticker will play
         self._wake = asyncio.Event()
@@ -222,6 +232,7 @@ class SessionMedia(PairHub):
         position = self._segment_played * 1000 // SAMPLE_RATE
         self._drop_input(self._input.queued)
         self._ready.clear()
+        self._made.clear()
         self._epoch += 1  # the producer clears the driver between steps, never during one
         self._produced = self._playing
         self._segment_open = self._segment_ended = False
@@ -257,6 +268,7 @@ class SessionMedia(PairHub):
                 self.driver.clear()
                 # Prime the driver's lookahead with silence in one step, so the very next slot
                 # already shows the face going idle instead of holding the speaking frame.
+                self._heard_live = False
                 for _ in range(lookahead_blocks):
                     self._pending.append((silence, False, None))
                     early = await self.scheduler.run(functools.partial(self.driver.push, silence))
@@ -270,8 +282,15 @@ class SessionMedia(PairHub):
             if self._input.queued >= SAMPLES_PER_FRAME:
                 block, arrived = self._input.take_block()
                 live = True
+                if self.live and self._heard_live and 0 < self._idle_run <= 2:
+                    self.phase.late()  # an idle pair filled a slot this speech needed
+                self._idle_run, self._heard_live = 0, True
+            elif urgent and (wait := self._until_idle_deadline()) > 0:
+                await self._sleep_or_wake(wait)
+                continue
             elif urgent:
                 block, arrived, live = silence, None, False
+                self._idle_run += 1
             else:
                 self._wake.clear()
                 await self._wake.wait()
@@ -286,25 +305,51 @@ class SessionMedia(PairHub):
                 if self._produced < self._playing:  # too late to play: skip ahead
                     self.stats.dropped_pairs += self._playing - self._produced
                     self._produced = self._playing
+                    if blk_live and self.live:
+                        self.phase.late()
                 self._ready[self._produced] = AVPair(self._produced, image, pcm, blk_live,
                                                      blk_arrived)
+                self._made[self._produced] = self.clock.now()
                 self._produced += 1
 
+    def _until_idle_deadline(self) -> float:
+        """Seconds until an idle pair must be started for the next slot to be filled."""
+        if self._grid_start is None:
+            return 0.0
+        due = self._grid_start + self.phase.offset + self._produced * FRAME_SECONDS
+        return due - IDLE_DEADLINE - self.clock.now()
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        """Wait ``seconds`` of the clock, or less if audio comes or a slot plays."""
+        self._wake.clear()
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+
     async def _tick(self) -> None:
-        start = self.clock.now()
+        start = self._grid_start = self.clock.now()
         slot = 0
         silence = np.zeros(SAMPLES_PER_FRAME, np.int16)
         while True:
-            due = start + slot * FRAME_SECONDS
+            origin = start + (self.phase.tick() if self.live else 0.0)
+            due = origin + slot * FRAME_SECONDS
             await self.clock.sleep(due - self.clock.now())
-            behind = math.floor((self.clock.now() - start) / FRAME_SECONDS) - slot
+            behind = math.floor((self.clock.now() - origin) / FRAME_SECONDS) - slot
             if behind > 1:  # the loop stalled: skip the slots whose time has passed
                 self.stats.late_slots += behind
                 slot += behind
             pair = self._ready.pop(slot, None)
+            made = self._made.pop(slot, None)
             for stale in [s for s in self._ready if s < slot]:
                 del self._ready[stale]
+                self._made.pop(stale, None)
                 self.stats.dropped_pairs += 1
+            if pair is not None and pair.live and self.live and made is not None:
+                self.phase.waited(self.clock.now() - made)
             if pair is None:
                 pair = AVPair(slot, self._last_image, silence, False)
                 self.stats.late_slots += 1 if slot > self.depth else 0

@@ -195,8 +195,9 @@ class ServerConfig:
                         help="side of the streamed face video, pixels (a multiple of 16, "
                              "128..1024); session requests must ask for this size")
     audio_prefetch_frames: int = setting(
-        1, flag="--audio-prefetch", env="AUDIO_PREFETCH", parse=int, check=_within(0, 8),
-        help="incoming Opus packets held for reordering (aiortc's own: 4)")
+        0, flag="--audio-prefetch", env="AUDIO_PREFETCH", parse=int, check=_within(0, 8),
+        help="incoming Opus packets held for reordering (aiortc's own: 4); 0 = none, each "
+             "packet is decoded as it arrives and a late one is dropped like a lost one")
     playout_depth_frames: int = setting(
         3, flag="--playout-depth", env="PLAYOUT_DEPTH", parse=int, check=_within(1, 25),
         help="frames generated ahead of playback: the jitter buffer (latency vs. tolerance of "
@@ -213,6 +214,12 @@ class ServerConfig:
         "baseline", flag="--driver", env="DRIVER", choices=("baseline", "learned"),
         help="motion driver; learned = the ONNX generator (better lip-sync, 160 ms algorithmic "
              "latency vs 80 ms), its windows batched across sessions")
+    generator: Path | None = setting(None, flag="--generator", env="GENERATOR",  # noqa: RUF009
+                                     parse=optional_path, metavar="PATH",
+                                     shown_default="the packaged model",
+                                     help="learned driver: the generator's manifest "
+                                          "(sha256-checked), e.g. another lookahead from "
+                                          "the recipe; empty = models/motion_generator.json")
     max_batch: int = setting(32, flag="--max-batch", env="MAX_BATCH", parse=int,
                              check=_within(1, 256),
                              help="learned driver: windows per engine call at most")

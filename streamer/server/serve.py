@@ -165,7 +165,8 @@ def _drivers(config: ServerConfig, scheduler: InferenceScheduler
     from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
 
     # One engine for all sessions; the manifest's sha256 is checked; `auto` logs its choice.
-    runner = GeneratorRunner(runtime=config.runtime)
+    runner = (GeneratorRunner(config.generator, runtime=config.runtime) if config.generator
+              else GeneratorRunner(runtime=config.runtime))
     log.info("learned motion generator: %s on %s", runner.manifest_path,
              type(runner.runner).__name__)
     return ((lambda: MotionGenerator(runner, seed=secrets.randbits(31))),

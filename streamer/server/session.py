@@ -56,7 +56,7 @@ class PeerSettings:
     """What a session's peer connections are made with (from the server's configuration)."""
 
     ice_servers: tuple[str, ...] = ()
-    audio_prefetch_frames: int = 1  # incoming Opus packets held for reordering (aiortc: 4)
+    audio_prefetch_frames: int = 0  # Opus packets held for reordering (aiortc: 4; 0 = none)
     max_viewers: int = 16
 
 
