@@ -37,13 +37,14 @@ REPO = Path(__file__).resolve().parent.parent
 JUDGE = REPO.parent / "shared" / "judge"
 JUDGE_PYTHON = Path.home() / ".cache" / "vivify-judge" / "venv" / "bin" / "python"
 RESULTS = REPO / "bench" / "results"
-SENTENCES = (  # real sentences with P/B/M and open vowels, each starting after a silent lead
-    ("bob and pam are happy to be back home again", "en-us"),
-    ("my mother made a warm apple pie for the party", "en-gb-x-rp"),
-    ("papa bought a bottle of milk and a bag of apples", "en-us+m3"),
-    ("maybe the big brown bear will come back", "en-us+f2"),
+SENTENCES = (  # real sentences with P/B/M and open vowels; onsets of several kinds
+    ("hello there my name is peter and i bought a bottle of milk", "en-us"),
+    ("open the window and let the morning air in", "en-gb-x-rp"),
+    ("bob and pam are happy to be back home again", "en-us+m3"),
+    ("all of my friends came to the party", "en-us+f2"),
+    ("today we are going to talk about the weather", "en-gb-x-rp+f1"),
+    ("maybe the big brown bear will come back", "en-us+f4"),
 )
-
 
 def judge_python() -> str:
     """The judge's own environment, made by its setup script when missing."""

@@ -32,7 +32,7 @@ SAMPLES: dict[str, Any] = {
     "sfu_public_url": "https://sfu.test/janus", "sfu_admin_key": "k3y", "max_upload_bytes": 1000,
     "max_ws_buffer_seconds": 30.0, "session_idle_timeout": 0.0, "size": 256,
     "audio_prefetch_frames": 2, "playout_depth_frames": 5, "disclosure_label": "always",
-    "label_text": "Synthetic", "driver": "learned", "max_batch": 8, "runtime": "ort-cpu",
+    "label_text": "Synthetic", "driver": "baseline", "max_batch": 8, "runtime": "ort-cpu",
     "generator": Path("x/motion_generator.json"),
     "renderer": "graph", "renderer_model": Path("x/renderer.json"),
     "renderer_runtime": "ort-cpu", "max_render_batch": 16, "workers": 3,
@@ -97,10 +97,10 @@ def test_every_field_is_set_by_its_variable() -> None:
 
 
 def test_a_flag_wins_over_the_variable_and_the_variable_over_the_default() -> None:
-    env = {"VIVIFY_PORT": "9001", "VIVIFY_DRIVER": "learned", "VIVIFY_CORS_ORIGINS": "https://e"}
+    env = {"VIVIFY_PORT": "9001", "VIVIFY_DRIVER": "baseline", "VIVIFY_CORS_ORIGINS": "https://e"}
     config = ServerConfig.from_args(_serve_args(["--port", "9002", "--cors", "https://f"]), env)
     assert config.port == 9002 and config.cors_origins == ("https://f",)
-    assert config.driver == "learned" and config.host == "127.0.0.1"
+    assert config.driver == "baseline" and config.host == "127.0.0.1"
 
 
 def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +108,7 @@ def test_from_env_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("VIVIFY_WORKERS", "2")
     config = ServerConfig.from_env(max_sessions=1, driver=None)  # None = not given
     assert config.session_idle_timeout == 7.5 and config.workers == 2
-    assert config.max_sessions == 1 and config.driver == "baseline"
+    assert config.max_sessions == 1 and config.driver == "learned"
 
 
 def test_comma_separated_variables_skip_blanks() -> None:
@@ -120,7 +120,7 @@ def test_comma_separated_variables_skip_blanks() -> None:
 @pytest.mark.parametrize(("env", "says"), [
     ({"VIVIFY_PORT": "eighty"}, "VIVIFY_PORT='eighty': not a valid int"),
     ({"VIVIFY_IDLE_TIMEOUT": "soon"}, "VIVIFY_IDLE_TIMEOUT"),
-    ({"VIVIFY_DRIVER": "magic"}, "VIVIFY_DRIVER='magic': choose one of baseline, learned"),
+    ({"VIVIFY_DRIVER": "magic"}, "VIVIFY_DRIVER='magic': choose one of learned, baseline"),
     ({"VIVIFY_TOKEN": ""}, "empty"),  # set but empty: refused, never "no token"
     ({"VIVIFY_TLS_CERT": "/tmp/c.pem"}, "tls_cert and tls_key go together"),
 ])
@@ -137,7 +137,7 @@ def test_bad_variables_are_refused_by_name(env: dict[str, str], says: str) -> No
     ({"session_idle_timeout": float("nan")}, "--idle-timeout"),
     ({"size": 250}, "multiple of 16"),
     ({"size": 2048}, "--size"),
-    ({"driver": "magic"}, "driver (--driver, VIVIFY_DRIVER) must be baseline or learned"),
+    ({"driver": "magic"}, "driver (--driver, VIVIFY_DRIVER) must be learned or baseline"),
     ({"renderer": "gpu"}, "--renderer"),
     ({"disclosure_label": "sometimes"}, "disclosure_label"),
     ({"label_text": ""}, "--label-text"),

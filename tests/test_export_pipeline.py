@@ -75,3 +75,36 @@ def test_config_validation() -> None:
         GeneratorConfig(teacher_steps=8)
     with pytest.raises(ValueError, match="unknown"):
         GeneratorConfig.from_dict({"bogus": 1})
+
+
+def test_calibration_maps_the_shown_mouth_and_streams_the_same(built: Path) -> None:
+    """``vivify.export.calibrate`` fits quantile maps on training clips into the manifest; the
+    run-time applies them to the frames shown (streaming still equals offline)."""
+    import shutil
+
+    from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
+    from vivify.engines.motion.vector import INDEX
+    from vivify.export.calibrate import CALIBRATED, main
+
+    models = built / "calibrated"
+    shutil.copytree(built / "models", models)
+    manifest = models / "motion_generator.json"
+    assert main(["--manifest", str(manifest), "--corpus", str(built / "corpus"),
+                 "--clips", "4"]) == 0
+    knots = json.loads(manifest.read_text())["calibration"]["knots"]
+    assert set(knots) == set(CALIBRATED)
+    for xp, fp in knots.values():
+        assert np.all(np.diff(xp) > 0) and np.all(np.diff(fp) >= 0)
+    audio = (0.05 * np.random.default_rng(0).standard_normal(9000)).astype(np.float32)
+    plain = MotionGenerator(GeneratorRunner(built / "models" / "motion_generator.json"),
+                            seed=1).drive(audio)
+    runner = GeneratorRunner(manifest)
+    shown = MotionGenerator(runner, seed=1).drive(audio)
+    gen = MotionGenerator(runner, seed=1)
+    streamed = np.concatenate([gen.push(audio[:333]), gen.push(audio[333:]), gen.flush()])
+    assert np.array_equal(streamed, shown)
+    d = INDEX["jaw_open"]
+    xp, fp = knots["jaw_open"]
+    assert np.allclose(shown[:, d], np.clip(np.interp(plain[:, d], xp, fp), 0, 1), atol=1e-6)
+    untouched = [i for i in range(shown.shape[1]) if i not in {INDEX[n] for n in CALIBRATED}]
+    assert np.array_equal(shown[:, untouched], plain[:, untouched])  # the cache is the model's

@@ -250,3 +250,19 @@ def test_render_with_the_learned_driver(preparer, astronaut, speech: np.ndarray,
                          RenderOptions(driver="learned", size=256, emotion="happy"),
                          preparer=preparer)
     assert report.frames == -(-min(speech.size, SR * 2) // SAMPLES_PER_FRAME)
+
+
+def test_a_calibration_must_be_a_monotone_map_of_a_known_dim() -> None:
+    from vivify.engines.motion.generator import Calibration, ManifestError
+    from vivify.engines.motion.vector import INDEX
+
+    jaw = INDEX["jaw_open"]
+    frames = np.zeros((3, 19), np.float32)
+    frames[:, jaw] = [0.1, 0.25, 0.9]
+    out = Calibration({"jaw_open": [[0.0, 0.5, 1.0], [0.0, 0.8, 1.0]]})(frames)
+    assert np.allclose(out[:, jaw], [0.16, 0.4, 0.96])
+    assert np.array_equal(np.delete(out, jaw, 1), np.delete(frames, jaw, 1))
+    for bad in ({"jaw": [[0, 1], [0, 1]]}, {"jaw_open": [[0, 0], [0, 1]]},
+                {"jaw_open": [[0, 1, 2], [0, 1]]}):
+        with pytest.raises(ManifestError):
+            Calibration(bad)

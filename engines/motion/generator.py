@@ -38,7 +38,14 @@ import numpy as np
 from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from vivify.engines.avatar.model_store import sha256_file
 from vivify.engines.motion.controls import Controls
-from vivify.engines.motion.vector import EMOTIONS, MOTION_DIM, RIG_VERSION, clip_motion, rest_motion
+from vivify.engines.motion.vector import (
+    EMOTIONS,
+    INDEX,
+    MOTION_DIM,
+    RIG_VERSION,
+    clip_motion,
+    rest_motion,
+)
 
 if TYPE_CHECKING:
     from vivify.engines.runtimes import Runner
@@ -194,6 +201,30 @@ def load_manifest(path: Path | str = DEFAULT_MANIFEST) -> dict:
     return manifest
 
 
+class Calibration:
+    """Monotone maps of some motion dims, from the manifest's ``calibration`` (made by
+    ``vivify.export.calibrate``: the model's free-running output distribution mapped onto the
+    labels', undoing regression to the mean); applied to the frames shown, not the cache."""
+
+    def __init__(self, knots: dict[str, list[list[float]]] | None = None) -> None:
+        self.maps: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for name, (xp, fp) in (knots or {}).items():
+            if name not in INDEX:
+                raise ManifestError(f"calibration names an unknown motion dim {name!r}")
+            x, f = np.asarray(xp, np.float64), np.asarray(fp, np.float64)
+            if x.shape != f.shape or x.ndim != 1 or x.size < 2 or np.any(np.diff(x) <= 0):
+                raise ManifestError(f"calibration of {name!r} is not a monotone map")
+            self.maps.append((INDEX[name], x, f))
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        if not self.maps:
+            return frames
+        out = frames.copy()
+        for d, x, f in self.maps:
+            out[:, d] = np.interp(frames[:, d], x, f).astype(np.float32)
+        return out
+
+
 class GeneratorRunner:
     """The student ONNX graph on a runtime from :mod:`vivify.engines.runtimes`, shared by every
     session.
@@ -212,6 +243,7 @@ class GeneratorRunner:
         self.manifest_path = Path(manifest)
         self.manifest = load_manifest(self.manifest_path)
         self.spec = GeneratorSpec.from_config(self.manifest["config"])
+        self.calibration = Calibration(self.manifest.get("calibration", {}).get("knots"))
         if runner is None:
             model = ModelManifest.load(self.manifest_path, verify=False)  # checked just above
             if model.input_names != INPUT_NAMES:
@@ -407,12 +439,12 @@ class MotionGenerator:
             raise ValueError(f"window must have shape ({spec.window}, {spec.motion_dim})")
         n = spec.window if self._limit is None else min(spec.window, self._limit - self._frames)
         frames = clip_motion(np.asarray(window[:n], dtype=np.float32))
-        if spec.cache:
+        if spec.cache:  # the model's own frames: the dynamics the calibration was fitted on
             self._cache = np.concatenate([self._cache, frames])[-spec.cache:]
         self._frames += n
         self._windows += 1
         self._drop_old_features()
-        return frames
+        return clip_motion(self.runner.calibration(frames))
 
     # -- internals --
 

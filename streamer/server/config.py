@@ -211,9 +211,10 @@ class ServerConfig:
                               check=_label_text, metavar="TEXT",
                               help="the label's text (one line, ≤ 64 characters)")
     driver: str = setting(
-        "baseline", flag="--driver", env="DRIVER", choices=("baseline", "learned"),
-        help="motion driver; learned = the ONNX generator (better lip-sync, 160 ms algorithmic "
-             "latency vs 80 ms), its windows batched across sessions")
+        "learned", flag="--driver", env="DRIVER", choices=("learned", "baseline"),
+        help="motion driver; learned = the ONNX generator (lips from the audio: closures on "
+             "p/b/m, rest in silence), its windows batched across sessions; baseline = the "
+             "energy-driven driver (the lowest latency, lips do not close on p/b/m)")
     generator: Path | None = setting(None, flag="--generator", env="GENERATOR",  # noqa: RUF009
                                      parse=optional_path, metavar="PATH",
                                      shown_default="the packaged model",
