@@ -23,10 +23,12 @@ class WindowSampler:
     """Random training windows from ``train.npz`` (whole corpus held in memory, ~150 MB)."""
 
     def __init__(self, corpus: Path | str, cfg: GeneratorConfig, split: str = "train",
-                 closure_boost: float = 0.0) -> None:
+                 closure_boost: float = 0.0, exclude: tuple[str, ...] = ()) -> None:
         """``closure_boost``: the share of windows drawn so that their targets hold a bilabial
         closure frame (class 2), on top of those uniform sampling finds (issue 13: a model
-        regressing to the mean under-closes short closures on voices it never heard)."""
+        regressing to the mean under-closes short closures on voices it never heard).
+        ``exclude``: clip kinds never drawn (``festival``, ``klettres``...), for a
+        leave-one-source-out model."""
         d = np.load(Path(corpus) / f"{split}.npz")
         self.cfg = cfg
         self.closure_boost = closure_boost
@@ -40,7 +42,10 @@ class WindowSampler:
         self.offsets = d["offsets"]
         self.lengths = np.diff(self.offsets)
         self.controls = d["controls"].astype(np.float32)
-        ok = self.lengths >= cfg.window
+        ok = (self.lengths >= cfg.window) & ~np.isin(d["kinds"], list(exclude))
+        if exclude:  # closures of excluded clips are not drawn either
+            clip_of = np.searchsorted(self.offsets, self.closure_frames, side="right") - 1
+            self.closure_frames = self.closure_frames[ok[clip_of]]
         self.clip_p = np.where(ok, self.lengths - cfg.window + 1, 0).astype(np.float64)
         self.clip_p /= self.clip_p.sum()
 
@@ -57,7 +62,7 @@ class WindowSampler:
             frame = rng.choice(self.closure_frames, size=int(boosted.sum()))
             c = np.searchsorted(self.offsets, frame, side="right") - 1
             local = frame - self.offsets[c] - rng.integers(0, cfg.window, size=c.size)
-            ok = self.lengths[c] >= cfg.window
+            ok = self.clip_p[c] > 0
             clip[boosted] = np.where(ok, c, clip[boosted])
             start[boosted] = np.where(ok, np.clip(local, 0, self.lengths[c] - cfg.window),
                                       start[boosted])

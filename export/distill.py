@@ -61,11 +61,13 @@ def make_pairs(teacher: MotionFlow, data: WindowSampler, n: int, seed: int
 
 
 def distill(teacher_path: Path, corpus: Path, out: Path, n_pairs: int, steps: int, batch: int,
-            lr: float, seed: int, max_minutes: float = 0.0, closure_boost: float = 0.0) -> dict:
+            lr: float, seed: int, max_minutes: float = 0.0, closure_boost: float = 0.0,
+            exclude: tuple[str, ...] = ()) -> dict:
     torch.manual_seed(seed)
     teacher = load(teacher_path)
     cfg = teacher.cfg
-    data = WindowSampler(corpus, cfg, closure_boost=closure_boost)  # as the teacher saw
+    data = WindowSampler(corpus, cfg, closure_boost=closure_boost,
+                         exclude=exclude)  # as the teacher saw
     t0 = time.perf_counter()
     pairs = make_pairs(teacher, data, n_pairs, seed)
     pair_seconds = time.perf_counter() - t0
@@ -110,6 +112,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--exclude", default="", metavar="KINDS",
+                   help="comma-separated clip kinds left out (leave-one-source-out)")
     p.add_argument("--closure-boost", type=float, default=0.0,
                    help="share of windows drawn around a bilabial closure (as in training)")
     p.add_argument("--max-minutes", type=float, default=10.0,
@@ -117,7 +121,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     info = distill(args.teacher, args.corpus, args.out, args.pairs, args.steps, args.batch,
-                   args.lr, args.seed, args.max_minutes, args.closure_boost)
+                   args.lr, args.seed, args.max_minutes, args.closure_boost,
+                   tuple(k for k in args.exclude.split(",") if k))
     print(f"student saved to {args.out} after {info['seconds']:.0f} s")
 
 

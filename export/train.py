@@ -95,15 +95,16 @@ def load(path: Path) -> MotionFlow:
 
 def train(corpus: Path, out: Path, cfg: GeneratorConfig, steps: int, batch: int, lr: float,
           seed: int, log_every: int = 100, max_minutes: float = 0.0,
-          init: Path | None = None, closure_boost: float = 0.0) -> dict:
+          init: Path | None = None, closure_boost: float = 0.0,
+          exclude: tuple[str, ...] = ()) -> dict:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    data = WindowSampler(corpus, cfg, closure_boost=closure_boost)
+    data = WindowSampler(corpus, cfg, closure_boost=closure_boost, exclude=exclude)
     if init is not None:  # continue a previous run (its config wins)
         model = load(init).train()
         cfg = model.cfg
-        data = WindowSampler(corpus, cfg, closure_boost=closure_boost)
+        data = WindowSampler(corpus, cfg, closure_boost=closure_boost, exclude=exclude)
     else:
         model = MotionFlow(cfg)
         mean, std = data.stats()
@@ -131,7 +132,7 @@ def train(corpus: Path, out: Path, cfg: GeneratorConfig, steps: int, batch: int,
             running = 0.0
     info = {"steps": done, "planned_steps": steps, "max_minutes": max_minutes, "batch": batch,
             "lr": lr, "seed": seed, "init": str(init) if init else None,
-            "closure_boost": closure_boost,
+            "closure_boost": closure_boost, "exclude": list(exclude),
             "seconds": time.perf_counter() - t0, "history": history}
     save(out, ema, {"train": info})
     return info
@@ -150,6 +151,8 @@ def main() -> None:
     p.add_argument("--init", type=Path, default=None, help="continue from this checkpoint")
     p.add_argument("--tiny", action="store_true", help="CI: the tiny config")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--exclude", default="", metavar="KINDS",
+                   help="comma-separated clip kinds left out (leave-one-source-out)")
     p.add_argument("--closure-boost", type=float, default=0.0,
                    help="share of windows drawn around a bilabial closure (0 = uniform)")
     p.add_argument("--lookahead", type=int, default=None,
@@ -162,7 +165,8 @@ def main() -> None:
              if v is not None}
     cfg = dataclasses.replace(cfg, **shape)
     info = train(args.corpus, args.out, cfg, args.steps, args.batch, args.lr, args.seed,
-                 max_minutes=args.max_minutes, init=args.init, closure_boost=args.closure_boost)
+                 max_minutes=args.max_minutes, init=args.init, closure_boost=args.closure_boost,
+                 exclude=tuple(k for k in args.exclude.split(",") if k))
     print(f"teacher saved to {args.out} after {info['seconds']:.0f} s")
 
 

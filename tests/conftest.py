@@ -77,7 +77,7 @@ def server(face_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 @pytest.fixture(scope="module")
 def live_server(face_models: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[LiveServer]:
-    """A real server for the module's tests (no token, 4 sessions, the baseline driver); a
+    """A real server for the module's tests (no token, 4 sessions, the default driver); a
     test that needs another configuration starts its own ``LiveServer``."""
     from tests.support.live_server import LiveServer
 

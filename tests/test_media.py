@@ -51,13 +51,13 @@ def _segment(audio: np.ndarray) -> Callable[[SessionMedia], None]:
 def _run(renderer, seconds: float, live: bool, setup: Callable[[SessionMedia], Any] | None = None,
          delay: float = 0.0, actions: list[tuple[float, Callable[[SessionMedia], Any]]] | None
          = None, stamp: Any = None, render_batcher: Any = None, render_key: str = "default",
-         ) -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:
+         driver: Any = None) -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:
     """Play ``seconds`` of virtual time; with ``render_batcher``, frames go through it."""
     async def scenario() -> tuple[list[AVPair], list[dict[str, Any]], SessionMedia]:
         clock = VirtualClock()
         events: list[dict[str, Any]] = []
         graph = GraphSlot(render_batcher, render_key) if render_batcher is not None else None
-        media = SessionMedia(renderer, BaselineDriver(BaselineConfig()),
+        media = SessionMedia(renderer, driver or BaselineDriver(BaselineConfig()),
                              InlineScheduler(clock, delay), clock,  # type: ignore[arg-type]
                              MediaConfig(depth=3, live=live), stamp=stamp,
                              shared=SharedEngines(graph=graph), on_event=events.append)
@@ -133,10 +133,18 @@ def test_silence_idles_alive(renderer) -> None:
     assert events == []
 
 
-def test_interrupt_returns_to_idle_within_100ms(renderer) -> None:
+def _learned() -> Any:
+    from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
+
+    return MotionGenerator(GeneratorRunner(), seed=0)
+
+
+@pytest.mark.parametrize("learned", [False, True], ids=["baseline", "learned"])
+def test_interrupt_returns_to_idle_within_100ms(renderer, learned: bool) -> None:
     audio = _speech_like(4.0)
     played, events, _ = _run(renderer, 2.0, live=False, setup=lambda m: m.push_audio(audio),
-                             actions=[(1.0, lambda m: m.interrupt())])
+                             actions=[(1.0, lambda m: m.interrupt())],
+                             driver=_learned() if learned else None)
     assert events[-1]["type"] == "playback_finished" and events[-1]["interrupted"] is True
     interrupt_slot = 1.0 / 0.04
     late_live = [p.slot for p in played if p.live and p.slot > interrupt_slot + 2.5]
@@ -202,7 +210,7 @@ def _microphone(audio: np.ndarray, phase: float) -> list[Action]:
     return [(phase + 0.02 * k, packet(k)) for k in range(audio.size // 320)]
 
 
-def _live_waits(renderer, follow: bool) -> tuple[list[float], SessionMedia]:
+def _live_waits(renderer, follow: bool, learned: bool) -> tuple[list[float], SessionMedia]:
     """Seconds from a live block's arrival to its pair being played, over the last second of
     a 5 s call whose packets arrive 5 ms after the grid's ticks (a pair then waits ~30 ms)."""
     played_at: dict[int, float] = {}
@@ -218,15 +226,17 @@ def _live_waits(renderer, follow: bool) -> tuple[list[float], SessionMedia]:
         media.publish = timed  # type: ignore[method-assign]
 
     played, _, media = _run(renderer, 5.0, live=True, setup=setup, delay=0.005,
-                            actions=_microphone(_speech_like(5.0), 0.005))
+                            actions=_microphone(_speech_like(5.0), 0.005),
+                            driver=_learned() if learned else None)
     waits = [played_at[p.slot] - p.arrived for p in played
              if p.live and p.arrived is not None and played_at[p.slot] > 4.0]
     return waits, media
 
 
-def test_a_live_grid_moves_to_just_after_its_pairs_are_made(renderer) -> None:
-    fixed, _ = _live_waits(renderer, follow=False)
-    moved, media = _live_waits(renderer, follow=True)
+@pytest.mark.parametrize("learned", [False, True], ids=["baseline", "learned"])
+def test_a_live_grid_moves_to_just_after_its_pairs_are_made(renderer, learned: bool) -> None:
+    fixed, _ = _live_waits(renderer, follow=False, learned=learned)
+    moved, media = _live_waits(renderer, follow=True, learned=learned)
     assert len(moved) >= 20 and len(fixed) >= 20
     assert media.phase.offset < -0.01  # the grid ticks earlier than where it started
     assert np.median(moved) <= np.median(fixed) - 0.01  # ≥ 10 ms less from audio to frame

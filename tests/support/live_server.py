@@ -20,7 +20,7 @@ import uvicorn
 
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
-from vivify.streamer.server.config import ServerConfig
+from vivify.streamer.server.config import ServerConfig, default_of
 from vivify.streamer.server.serve import build
 
 TOKEN = "s3cret"  # the bearer token of the token-protected test server (``server`` fixture)
@@ -33,11 +33,12 @@ class LiveServer:
     """``with LiveServer(home, token) as server:`` — ``server.url``, ``server.headers`` (the
     bearer token, if any), ``server.manager`` (the :class:`SessionManager`), ``server.app``.
 
-    ``config_overrides`` go to :class:`ServerConfig` (``session_idle_timeout=0``...).
+    ``config_overrides`` go to :class:`ServerConfig` (``session_idle_timeout=0``...); the
+    driver is the product's default (the learned generator) unless one is given.
     """
 
     def __init__(self, home: Path, token: str | None, max_sessions: int = 4,
-                 driver: str = "baseline", **config_overrides: Any) -> None:
+                 driver: str = default_of("driver"), **config_overrides: Any) -> None:
         self.port = free_port()
         self.token = token
         config = ServerConfig(port=self.port, token=token, max_sessions=max_sessions,

@@ -1,0 +1,76 @@
+"""Training windows (export/dataset.py): shapes as served, closure boost, left-out sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path) -> Path:
+    """Three clips of 40 frames: speech (closures at 10–11), festival (its own), klettres."""
+    n, m = 120, 19
+    classes = np.zeros(n, np.int8)
+    classes[[10, 11, 50, 51, 90]] = 2
+    labels = np.zeros((n, m), np.float32)
+    labels[:, 0] = np.repeat([0.0, 1.0, 2.0], 40)  # which clip a frame is from
+    np.savez(tmp_path / "train.npz",
+             features=np.random.default_rng(0).standard_normal((n, 4, 40)).astype(np.float16),
+             labels=labels, classes=classes, offsets=np.array([0, 40, 80, 120]),
+             controls=np.zeros((3, 7), np.float32),
+             kinds=np.array(["speech", "festival", "klettres"]),
+             voices=np.array(["a", "b", "c"]))
+    return tmp_path
+
+
+def _clips(batch: dict) -> set[float]:
+    return set(np.unique(batch["target"][:, :, 0].numpy()).tolist())
+
+
+def test_windows_are_shaped_as_served(corpus: Path) -> None:
+    from vivify.engines.motion.generator_config import GeneratorConfig
+    from vivify.export.dataset import WindowSampler
+
+    cfg = GeneratorConfig()
+    batch = WindowSampler(corpus, cfg).sample(64, np.random.default_rng(0))
+    assert batch["mel"].shape == (64, 4 * cfg.context_frames, 40)
+    assert batch["past"].shape == (64, cfg.cache, 19)
+    assert batch["target"].shape == (64, cfg.window, 19)
+
+
+def test_a_left_out_source_is_never_drawn_even_by_the_closure_boost(corpus: Path) -> None:
+    from vivify.engines.motion.generator_config import GeneratorConfig
+    from vivify.export.dataset import WindowSampler
+
+    sampler = WindowSampler(corpus, GeneratorConfig(), closure_boost=1.0,
+                            exclude=("festival",))
+    batch = sampler.sample(256, np.random.default_rng(0))
+    assert _clips(batch) == {0.0, 2.0}
+    every = WindowSampler(corpus, GeneratorConfig()).sample(256, np.random.default_rng(0))
+    assert _clips(every) == {0.0, 1.0, 2.0}
+
+
+def test_the_closure_boost_draws_windows_around_closures(corpus: Path) -> None:
+    from vivify.engines.motion.generator_config import GeneratorConfig
+    from vivify.export.dataset import WindowSampler
+
+    cfg = GeneratorConfig()
+    sampler = WindowSampler(corpus, cfg, closure_boost=1.0)
+    batch = sampler.sample(256, np.random.default_rng(1))
+    # every target window holds a closure frame (class 2)
+    starts = _window_starts(sampler, batch)
+    closures = set(sampler.closure_frames.tolist())
+    assert all(any(s + k in closures for k in range(cfg.window)) for s in starts)
+
+
+def _window_starts(sampler, batch: dict) -> list[int]:
+    """Global frame index of each window's first target frame (the fixture's features are
+    unique per frame, so the target's audio rows identify it)."""
+    cfg = sampler.cfg
+    first = batch["mel"].numpy()[:, 4 * cfg.audio_context:4 * cfg.audio_context + 4]
+    table = sampler.features[:-1]
+    return [int(np.flatnonzero((table == f).all(axis=(1, 2)))[0]) for f in first]
