@@ -161,19 +161,26 @@ $(STAMPS)/export: $(STAMPS)/venv
 data: export-deps data-deps
 	$(PY) -m vivify.export.data.build --out $(GEN)/corpus
 
-# One core (the other is left to the machine's other jobs); time-budgeted, the lr schedule
-# follows the larger of step and time fraction.
+# One core each (the other is left to the machine's other jobs). Fixed step counts, so a run is
+# reproducible from its seed; LOOKAHEAD is the shipped model's L (docs/generator.md, revision 4).
+LOOKAHEAD ?= 1
+RECIPE_FLAGS := --closure-boost 0.3 --seed 0
 train: export-deps
-	$(PY) -m vivify.export.train --corpus $(GEN)/corpus --out $(GEN)/teacher.pt --threads 1 --steps 100000 --max-minutes 30
+	$(PY) -m vivify.export.train --corpus $(GEN)/corpus --out $(GEN)/teacher.pt --threads 1 --steps 18000 --max-minutes 0 --lookahead $(LOOKAHEAD) --window 2 $(RECIPE_FLAGS)
 
 distill: export-deps
-	$(PY) -m vivify.export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --threads 1 --pairs 8192 --max-minutes 8
+	$(PY) -m vivify.export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --threads 1 --pairs 8192 --steps 1500 --max-minutes 0 $(RECIPE_FLAGS)
 
+# ONNX into models/, then the mouth's calibration fitted on training clips (export/calibrate.py).
 export: export-deps
 	$(PY) -m vivify.export.onnx_export --student $(GEN)/student.pt --out models
+	$(PY) -m vivify.export.calibrate --manifest models/motion_generator.json --corpus $(GEN)/corpus
 
+# The corpus's own evaluation (jaw, closures, sung vowels, drift), then the held-out sources
+# scored on the rendered video (export/holdout_eval.py).
 eval: export-deps
 	$(PY) -m vivify.export.evaluate --corpus $(GEN)/corpus --teacher $(GEN)/teacher.pt --out bench/results
+	$(PY) -m vivify.export.holdout_eval --out bench/results/holdout
 
 # --- GPU engines (issue 7) ---
 # Renderer graph → ONNX, then a golden clip (CPU renderer = reference, PSNR ≥ 40 dB per frame) and

@@ -72,7 +72,8 @@ def klettres_clips(n: int, seed: int) -> Iterator[tuple[str, Clip]]:
 SOURCES = {"espeak": espeak_clips, "festival": festival_clips, "klettres": klettres_clips}
 
 
-def evaluate(models: dict[str, str], clips_per_source: int, seed: int) -> dict:
+def evaluate(models: dict[str, str], clips_per_source: int, seed: int,
+             sources: tuple[str, ...] = tuple(SOURCES)) -> dict:
     from vivify.engines.avatar.default_avatar import default_portrait_path
     from vivify.engines.avatar.face_landmarks import FaceAnalyzer
     from vivify.engines.avatar.pack import AvatarPreparer
@@ -81,7 +82,8 @@ def evaluate(models: dict[str, str], clips_per_source: int, seed: int) -> dict:
     analyzer = FaceAnalyzer()
     renderer = Renderer(AvatarPreparer().prepare(default_portrait_path()))
     report: dict = {}
-    for source, make in SOURCES.items():
+    for source in sources:
+        make = SOURCES[source]
         clips = list(make(clips_per_source, seed))
         if not clips:
             report[source] = "not installed"
@@ -124,16 +126,22 @@ def main(argv: list[str] | None = None) -> int:
                              "always scored, and models/motion_generator.json as 'shipped'")
     parser.add_argument("--clips", type=int, default=6, help="clips per source")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="score only the --model ones (not shipped, baseline, labels)")
+    parser.add_argument("--sources", default="", help="comma-separated subset of "
+                        + ", ".join(SOURCES))
     parser.add_argument("--out", type=Path, default=Path("artifacts/holdout"))
     args = parser.parse_args(argv)
     from vivify.engines.motion.generator import DEFAULT_MANIFEST
 
-    models = {"shipped": str(DEFAULT_MANIFEST)}
+    models = {} if args.no_reference else {"shipped": str(DEFAULT_MANIFEST)}
     models.update(dict(m.split("=", 1) for m in args.model))
-    models["baseline"] = "baseline"
-    models["labels"] = "labels"  # the targets themselves: the ceiling of any model
+    if not args.no_reference:
+        models["baseline"] = "baseline"
+        models["labels"] = "labels"  # the targets themselves: the ceiling of any model
+    sources = tuple(args.sources.split(",")) if args.sources else tuple(SOURCES)
     t0 = time.perf_counter()
-    report = evaluate(models, args.clips, args.seed)
+    report = evaluate(models, args.clips, args.seed, sources)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(report, indent=2))

@@ -99,11 +99,16 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
 
 
 def judge(clip: Path, python: str) -> dict:
-    """The outside judge's articulation scores of ``clip`` (.mp4 + .wav + .txt)."""
-    cmd = [python, str(JUDGE / "judge.py"), "articulation", str(clip.with_suffix(".mp4")),
-           str(clip.with_suffix(".wav")), str(clip.with_suffix(".txt"))]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    """The outside judge's articulation scores of ``clip`` (.mp4 + .wav + .txt), with its
+    lipsync lag and silence closure."""
+    video, audio = str(clip.with_suffix(".mp4")), str(clip.with_suffix(".wav"))
+    scores: dict = {}
+    for args in (["articulation", video, audio, str(clip.with_suffix(".txt"))],
+                 ["lipsync", video, audio]):
+        done = subprocess.run([python, str(JUDGE / "judge.py"), *args], capture_output=True,
+                              text=True, timeout=600, check=True)
+        scores.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return scores
 
 
 def judge_python() -> str:
@@ -137,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"{k}.json").write_text(json.dumps(scores, indent=2))
         rows.append(scores)
         print(f"{voice:12s} closed {scores['bilabial_closed']:.2f} opened "
-              f"{scores['vowel_opened']:.2f} p90 {scores['open_p90']:.3f}  {text}")
-    keys = ("bilabial_closed", "vowel_opened", "open_p90")
-    report: dict = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in keys}
+              f"{scores['vowel_opened']:.2f} p90 {scores['open_p90']:.3f} silence "
+              f"{scores.get('silence_closed')} lag {scores.get('lag_frames')}  {text}")
+    keys = ("bilabial_closed", "vowel_opened", "open_p90", "silence_closed", "lag_frames")
+    report: dict = {k: round(float(np.mean([r[k] for r in rows if r.get(k) is not None])), 3)
+                    for k in keys}
     report["driver"] = args.driver
     report["clips"] = rows
     report["not_aligned"] = skipped
