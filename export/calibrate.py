@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    d = np.load(args.corpus / "train.npz")
+    with np.load(args.corpus / "train.npz") as npz:  # each read of a member decompresses it
+        d = {k: npz[k] for k in ("features", "labels", "offsets", "controls", "kinds")}
     manifest = json.loads(args.manifest.read_text())
     manifest.pop("calibration", None)
     runner = GeneratorRunner(args.manifest)
