@@ -182,7 +182,7 @@ def test_health_is_open_and_says_what_serves(client: TestClient, manager: FakeMa
     response = client.get("/healthz", headers={"authorization": ""})
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "sessions": 1, "capacity": 2,
-                               "driver": "baseline", "batching": None,
+                               "driver": "learned", "batching": None,
                                "renderer": {"kind": "cpu"}}
 
 
