@@ -162,11 +162,13 @@ data: export-deps data-deps
 	$(PY) -m vivify.export.data.build --out $(GEN)/corpus
 
 # One core each (the other is left to the machine's other jobs). Fixed step counts, so a run is
-# reproducible from its seed; LOOKAHEAD is the shipped model's L (docs/generator.md, revision 4).
+# reproducible from its seed; WINDOW and LOOKAHEAD are the shipped model's W and L
+# (docs/generator.md, revision 4: W = 1, L = 1 keeps onset → mouth within 250 ms).
+WINDOW ?= 1
 LOOKAHEAD ?= 1
 RECIPE_FLAGS := --closure-boost 0.3 --seed 0
 train: export-deps
-	$(PY) -m vivify.export.train --corpus $(GEN)/corpus --out $(GEN)/teacher.pt --threads 1 --steps 18000 --max-minutes 0 --lookahead $(LOOKAHEAD) --window 2 $(RECIPE_FLAGS)
+	$(PY) -m vivify.export.train --corpus $(GEN)/corpus --out $(GEN)/teacher.pt --threads 1 --steps 18000 --max-minutes 0 --lookahead $(LOOKAHEAD) --window $(WINDOW) $(RECIPE_FLAGS)
 
 distill: export-deps
 	$(PY) -m vivify.export.distill --teacher $(GEN)/teacher.pt --corpus $(GEN)/corpus --out $(GEN)/student.pt --threads 1 --pairs 8192 --steps 1500 --max-minutes 0 $(RECIPE_FLAGS)

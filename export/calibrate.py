@@ -13,6 +13,8 @@ serves it (windows from the first frame, its own frames in the cache, the stream
 draws), over the corpus's stored features; the knots go into the manifest (``calibration``),
 which the run-time applies to the frames it shows (the cache keeps the model's own frames, so
 the model's dynamics are the ones fitted). Training clips only: the held-out sources stay out.
+It also writes the manifest's ``sampling`` (``--mouth-noise``: the mouth dims' noise factor,
+a lower sampling temperature where the audio should decide), which the fit runs with.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ KNOTS = 41
 
 def free_run(runner: GeneratorRunner, features: np.ndarray, controls: np.ndarray,
              seed: int = 0) -> np.ndarray:
+    """Its noise is scaled as the run-time scales it (``runner.noise_scale``)."""
     """One clip's frames as served: (n, 4, N_MELS) features → (n, M) clipped raw motion."""
     spec = runner.spec
     n = features.shape[0]
@@ -48,7 +51,7 @@ def free_run(runner: GeneratorRunner, features: np.ndarray, controls: np.ndarray
         rows = [features[v] if 0 <= v < n else silence
                 for v in range(s - spec.audio_context, s + spec.window + spec.lookahead)]
         noise = np.random.default_rng([seed, w]).standard_normal(
-            (spec.window, spec.motion_dim)).astype(np.float32)
+            (spec.window, spec.motion_dim)).astype(np.float32) * runner.noise_scale
         req = WindowRequest(mel=np.concatenate(rows).astype(np.float32), past=cache.copy(),
                             controls=controls.astype(np.float32), noise=noise, start_frame=s,
                             window_index=w)
@@ -78,12 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--clips", type=int, default=400, help="training clips to fit on")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mouth-noise", type=float, default=0.5,
+                   help="factor on the mouth dims' sampling noise, stored in the manifest and "
+                        "used for the fit (0.5 chosen on a training voice and synthetic "
+                        "silence: docs/generator.md)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     with np.load(args.corpus / "train.npz") as npz:  # each read of a member decompresses it
         d = {k: npz[k] for k in ("features", "labels", "offsets", "controls", "kinds")}
     manifest = json.loads(args.manifest.read_text())
     manifest.pop("calibration", None)
+    manifest["sampling"] = {"mouth_noise": args.mouth_noise}
+    args.manifest.write_text(json.dumps(manifest, indent=2) + "\n")  # the run-time's sampling
     runner = GeneratorRunner(args.manifest)
     rng = np.random.default_rng(args.seed)
     speech = np.flatnonzero(d["kinds"] != "silence")

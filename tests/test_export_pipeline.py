@@ -90,8 +90,10 @@ def test_calibration_maps_the_shown_mouth_and_streams_the_same(built: Path) -> N
     shutil.copytree(built / "models", models)
     manifest = models / "motion_generator.json"
     assert main(["--manifest", str(manifest), "--corpus", str(built / "corpus"),
-                 "--clips", "4"]) == 0
-    knots = json.loads(manifest.read_text())["calibration"]["knots"]
+                 "--clips", "4", "--mouth-noise", "1.0"]) == 0  # sampling as the plain model
+    written = json.loads(manifest.read_text())
+    assert written["sampling"] == {"mouth_noise": 1.0}
+    knots = written["calibration"]["knots"]
     assert set(knots) == set(CALIBRATED)
     for xp, fp in knots.values():
         assert np.all(np.diff(xp) > 0) and np.all(np.diff(fp) >= 0)
@@ -108,3 +110,23 @@ def test_calibration_maps_the_shown_mouth_and_streams_the_same(built: Path) -> N
     assert np.allclose(shown[:, d], np.clip(np.interp(plain[:, d], xp, fp), 0, 1), atol=1e-6)
     untouched = [i for i in range(shown.shape[1]) if i not in {INDEX[n] for n in CALIBRATED}]
     assert np.array_equal(shown[:, untouched], plain[:, untouched])  # the cache is the model's
+
+
+def test_the_mouth_noise_factor_quiets_the_mouth_and_keeps_streaming_exact(built: Path) -> None:
+    import shutil
+
+    from vivify.engines.motion.generator import GeneratorRunner, MotionGenerator
+    from vivify.export.calibrate import main
+
+    models = built / "quiet"
+    shutil.copytree(built / "models", models)
+    manifest = models / "motion_generator.json"
+    assert main(["--manifest", str(manifest), "--corpus", str(built / "corpus"), "--clips", "2",
+                 "--mouth-noise", "0.0"]) == 0
+    runner = GeneratorRunner(manifest)
+    audio = (0.05 * np.random.default_rng(0).standard_normal(9000)).astype(np.float32)
+    one, two = (MotionGenerator(runner, seed=s).drive(audio) for s in (1, 2))
+    assert not np.array_equal(one, two)  # life (blinks, sway, gaze) still varies with the seed
+    gen = MotionGenerator(runner, seed=1)
+    streamed = np.concatenate([gen.push(audio[:333]), gen.push(audio[333:]), gen.flush()])
+    assert np.array_equal(streamed, one)

@@ -133,6 +133,9 @@ def silence_features() -> np.ndarray:
     return np.full((MELS_PER_FRAME, N_MELS), value, dtype=np.float32)
 
 
+MOUTH_INDICES = tuple(INDEX[n] for n in ("jaw_open", "lip_stretch", "lip_round",
+                                         "upper_lip_raise", "lower_lip_depress", "lip_press"))
+
 # --- Model artifact ---------------------------------------------------------------------------
 
 # Package data (``vivify.models``). ONNX Runtime opens files by path, and the package is always
@@ -225,6 +228,18 @@ class Calibration:
         return out
 
 
+def noise_scale(sampling: dict) -> np.ndarray:
+    """(MOTION_DIM,) factors on the noise a window draws, from the manifest's ``sampling``:
+    ``mouth_noise`` scales the mouth dims' noise (a lower sampling temperature where the audio
+    should decide; blinks, sway and gaze keep theirs). 1 everywhere when absent."""
+    scale = np.ones(MOTION_DIM, np.float32)
+    mouth = float(sampling.get("mouth_noise", 1.0))
+    if not 0.0 <= mouth <= 1.0:
+        raise ManifestError(f"sampling.mouth_noise must be within 0..1, got {mouth}")
+    scale[list(MOUTH_INDICES)] = mouth
+    return scale
+
+
 class GeneratorRunner:
     """The student ONNX graph on a runtime from :mod:`vivify.engines.runtimes`, shared by every
     session.
@@ -244,6 +259,7 @@ class GeneratorRunner:
         self.manifest = load_manifest(self.manifest_path)
         self.spec = GeneratorSpec.from_config(self.manifest["config"])
         self.calibration = Calibration(self.manifest.get("calibration", {}).get("knots"))
+        self.noise_scale = noise_scale(self.manifest.get("sampling", {}))
         if runner is None:
             model = ModelManifest.load(self.manifest_path, verify=False)  # checked just above
             if model.input_names != INPUT_NAMES:
@@ -427,7 +443,7 @@ class MotionGenerator:
         self._compute_features(end_frame)
         rows = [self._feature(v) for v in range(s - spec.audio_context, end_frame)]
         noise = np.random.default_rng([self.seed, self._windows]).standard_normal(
-            (spec.window, spec.motion_dim)).astype(np.float32)
+            (spec.window, spec.motion_dim)).astype(np.float32) * self.runner.noise_scale
         return WindowRequest(mel=np.concatenate(rows), past=self._cache.copy(),
                              controls=self.controls.copy(), noise=noise, start_frame=s,
                              window_index=self._windows)

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from vivify.engines.audio.audio_io import FPS
-from vivify.engines.motion.generator import CONTROL_NAMES, MELS_PER_FRAME, N_MELS
-from vivify.engines.motion.vector import INDEX, MOTION_DIM, RIG_VERSION
+from vivify.engines.motion.generator import CONTROL_NAMES, MELS_PER_FRAME, MOUTH_INDICES, N_MELS
+from vivify.engines.motion.vector import MOTION_DIM, RIG_VERSION
 
 CONTROL_DIM = len(CONTROL_NAMES)  # 2 gaze + 1 head distance + 4 emotion intensities
 
@@ -90,8 +90,7 @@ class GeneratorConfig:
         return cls(**d)
 
 
-MOUTH_DIMS = tuple(INDEX[n] for n in ("jaw_open", "lip_stretch", "lip_round", "upper_lip_raise",
-                                      "lower_lip_depress", "lip_press"))
+MOUTH_DIMS = MOUTH_INDICES
 """Rig dims the audio determines: their cache copy is
 noised harder in training so the model listens to the audio, not to its own past mouth."""
 
