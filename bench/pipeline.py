@@ -6,7 +6,7 @@ lent for a few minutes gives the issue's figure: frames/s of the whole per-frame
 per batch, and the implied number of 25 fps sessions per GPU *before encoding* (VP8/H.264 and
 paste-back into the portrait are per-session CPU work, not measured here).
 
-One **step** serves B sessions for one generator window (W = 2 frames):
+One **step** serves B sessions for one generator window (W frames; the shipped model has W = 1):
 
 1. one generator call at batch B (fresh realistic mel/past/controls/noise from the host, so the
    host → device copy of the inputs is part of the generator's time, as in serving);

@@ -14,7 +14,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from bench import pipeline as bp  # noqa: E402  (after the skips: the bench needs torch/onnx)
+from vivify.engines.motion.generator import GeneratorSpec, load_manifest  # noqa: E402
 from vivify.engines.runtimes import ModelManifest  # noqa: E402
+
+WINDOW = GeneratorSpec.from_config(load_manifest()["config"]).window  # the shipped model's W
 
 TIMINGS = ("generator_ms", "renderer_ms_per_call", "uint8_ms", "to_host_ms", "step_ms",
            "frames_per_s", "sessions_25fps")
@@ -87,13 +90,13 @@ def test_pipeline_frames_are_the_graphs_output(renderer_json: Path, bank) -> Non
     gen, ren = _runners("torch-cpu", renderer_json)
     with gen, ren:
         ren.pin(bank)
-        pipe = bp.Pipeline(gen, ren, bank, batch=3, window=2, seed=5)
+        pipe = bp.Pipeline(gen, ren, bank, batch=3, window=WINDOW, seed=5)
         frames, motion, times = pipe.step(pipe.inputs())
         frames, motion = frames.copy(), motion.numpy().copy()
-    assert frames.shape == (3, 2, 512, 512, 3) and frames.dtype == np.uint8
-    assert list(pipe.avatar) == [0, 1, 0] and len(times.renderer_ms) == 2
+    assert frames.shape == (3, WINDOW, 512, 512, 3) and frames.dtype == np.uint8
+    assert list(pipe.avatar) == [0, 1, 0] and len(times.renderer_ms) == WINDOW
     graph = RendererGraph().eval()
-    for k in range(2):
+    for k in range(WINDOW):
         feeds = {"motion": motion[:, k], "avatar": pipe.avatar, **bank}
         with torch.no_grad():
             ref = graph(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in INPUT_NAMES])
@@ -113,10 +116,10 @@ def test_pipeline_is_device_clean(renderer_json: Path, bank) -> None:
                       TorchConfig(device="meta", cuda_graphs=False))
     with gen, ren:
         ren.pin(bank)
-        pipe = bp.Pipeline(gen, ren, bank, batch=2, window=2)
+        pipe = bp.Pipeline(gen, ren, bank, batch=2, window=WINDOW)
         motion = pipe._motion(pipe.inputs())
         assert motion.device.type == "meta"
-        for k in range(2):
+        for k in range(WINDOW):
             image = pipe._render(motion, k)  # check_feeds accepted the device tensors
             pipe._to_uint8(image, k)
             assert image.device.type == "meta"

@@ -9,22 +9,29 @@ import json
 import numpy as np
 import pytest
 
-from vivify.engines.motion.generator import DEFAULT_MANIFEST, INPUT_NAMES
+from vivify.engines.motion.generator import (
+    DEFAULT_MANIFEST,
+    INPUT_NAMES,
+    GeneratorSpec,
+    load_manifest,
+)
 from vivify.engines.runtimes import ModelManifest
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 TOL = 1e-4  # rig units; measured here: 2.7e-7 (batch 5), the exporter's own bar is 1e-4
+SPEC = GeneratorSpec.from_config(load_manifest()["config"])  # the shipped model's shapes
+MEL, W = 4 * SPEC.context_frames, SPEC.window
 
 
 def _feeds(batch: int, seed: int) -> dict[str, np.ndarray]:
     """Real-looking inputs: log-mel in the front end's −1.5..0.5 range, a small past."""
     rng = np.random.default_rng(seed)
-    return {"mel": (rng.random((batch, 48, 40)) * 2 - 1.5).astype(np.float32),
+    return {"mel": (rng.random((batch, MEL, 40)) * 2 - 1.5).astype(np.float32),
             "past": (rng.standard_normal((batch, 8, 19)) * 0.1).astype(np.float32),
             "controls": rng.standard_normal((batch, 7)).astype(np.float32),
-            "noise": rng.standard_normal((batch, 2, 19)).astype(np.float32)}
+            "noise": rng.standard_normal((batch, W, 19)).astype(np.float32)}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +59,7 @@ def test_twin_matches_onnx_runtime(twin, ort_session, batch: int) -> None:
     ref = ort_session.run(["motion"], feeds)[0]
     with torch.no_grad():
         got = twin(*[torch.from_numpy(feeds[n]) for n in INPUT_NAMES]).numpy()
-    assert got.shape == ref.shape == (batch, 2, 19)
+    assert got.shape == ref.shape == (batch, W, 19)
     assert float(np.abs(got - ref).max()) <= TOL
 
 
@@ -84,8 +91,8 @@ def test_forward_is_device_clean(twin) -> None:
     meta = copy.deepcopy(twin).to("meta")
     with torch.no_grad():
         out = meta(*(torch.empty(s, device="meta") for s in
-                     ((2, 48, 40), (2, 8, 19), (2, 7), (2, 2, 19))))
-    assert out.shape == (2, 2, 19) and out.device.type == "meta"
+                     ((2, MEL, 40), (2, 8, 19), (2, 7), (2, W, 19))))
+    assert out.shape == (2, W, 19) and out.device.type == "meta"
 
 
 def test_every_weight_is_mapped_or_refused(tmp_path, manifest: ModelManifest) -> None:

@@ -262,7 +262,9 @@ def test_a_calibration_must_be_a_monotone_map_of_a_known_dim() -> None:
     out = Calibration({"jaw_open": [[0.0, 0.5, 1.0], [0.0, 0.8, 1.0]]})(frames)
     assert np.allclose(out[:, jaw], [0.16, 0.4, 0.96])
     assert np.array_equal(np.delete(out, jaw, 1), np.delete(frames, jaw, 1))
-    for bad in ({"jaw": [[0, 1], [0, 1]]}, {"jaw_open": [[0, 0], [0, 1]]},
-                {"jaw_open": [[0, 1, 2], [0, 1]]}):
+    bad_maps: list[dict[str, list[list[float]]]] = [
+        {"jaw": [[0.0, 1.0], [0.0, 1.0]]}, {"jaw_open": [[0.0, 0.0], [0.0, 1.0]]},
+        {"jaw_open": [[0.0, 1.0, 2.0], [0.0, 1.0]]}]
+    for bad in bad_maps:
         with pytest.raises(ManifestError):
             Calibration(bad)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vivify.engines.motion.generator import DEFAULT_MANIFEST, GeneratorRunner
+from vivify.engines.motion.generator import DEFAULT_MANIFEST, GeneratorRunner, GeneratorSpec
 from vivify.engines.runtimes import (
     Availability,
     InputMismatchError,
@@ -107,7 +107,8 @@ def test_profile_shapes(renderer_manifest: ModelManifest, generator: ModelManife
     assert shapes["motion"] == ((1, 19), (8, 19), (64, 19))
     assert shapes["avatar"] == ((1,), (8,), (64,))
     assert shapes["phi"][2] == (4, 66 * 66, 194)
-    assert profile_shapes(generator, prof)["mel"] == ((1, 48, 40), (8, 48, 40), (64, 48, 40))
+    mel = 4 * GeneratorSpec.from_config(generator.raw["config"]).context_frames
+    assert profile_shapes(generator, prof)["mel"] == ((1, mel, 40), (8, mel, 40), (64, mel, 40))
     with pytest.raises(ValueError, match="min ≤ opt ≤ max"):
         ProfileConfig(axes={"batch": (4, 2, 8)})
 
@@ -152,7 +153,8 @@ def test_ort_tensorrt_provider_options(generator: ModelManifest) -> None:
     (name, opts), *rest = provider_options(generator, cfg)
     assert name == "TensorrtExecutionProvider"
     assert [n for n, _ in rest] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert opts["trt_profile_max_shapes"].startswith("mel:16x48x40,past:16x8x19")
+    mel = 4 * GeneratorSpec.from_config(generator.raw["config"]).context_frames
+    assert opts["trt_profile_max_shapes"].startswith(f"mel:16x{mel}x40,past:16x8x19")
     assert opts["trt_fp16_enable"] and opts["trt_engine_cache_enable"]
 
 
@@ -216,7 +218,8 @@ def test_ort_cpu_runner_lifecycle(generator: ModelManifest) -> None:
     runner.activate()
     runner.activate()  # twice is fine
     out = runner.infer(feeds)["motion"]
-    assert out.shape == (2, 2, 19) and out.dtype == np.float32
+    window = GeneratorSpec.from_config(generator.raw["config"]).window
+    assert out.shape == (2, window, 19) and out.dtype == np.float32
     runner.pin({"controls": feeds["controls"]})
     again = runner.infer({k: v for k, v in feeds.items() if k != "controls"})["motion"]
     np.testing.assert_array_equal(out, again)
