@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", type=Path, required=True)
     p.add_argument("--clips", type=int, default=400, help="training clips to fit on")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exclude", default="", metavar="KINDS",
+                   help="comma-separated clip kinds not fitted on (as the model was trained)")
     p.add_argument("--mouth-noise", type=float, default=0.5,
                    help="factor on the mouth dims' sampling noise, stored in the manifest and "
                         "used for the fit (0.5 chosen on a training voice and synthetic "
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args.manifest.write_text(json.dumps(manifest, indent=2) + "\n")  # the run-time's sampling
     runner = GeneratorRunner(args.manifest)
     rng = np.random.default_rng(args.seed)
-    speech = np.flatnonzero(d["kinds"] != "silence")
+    left_out = ["silence", *(k for k in args.exclude.split(",") if k)]
+    speech = np.flatnonzero(~np.isin(d["kinds"], left_out))
     picked = rng.choice(speech, size=min(args.clips, speech.size), replace=False)
     preds, labels = [], []
     for c in sorted(picked):
