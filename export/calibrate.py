@@ -27,11 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vivify.engines.motion.generator import (
-    GeneratorRunner,
-    WindowRequest,
-    silence_features,
-)
+from vivify.engines.motion.generator import GeneratorRunner, silence_features, window_request
 from vivify.engines.motion.vector import INDEX, clip_motion, rest_motion
 
 CALIBRATED = ("jaw_open", "lip_press", "lip_round", "lip_stretch")
@@ -40,21 +36,20 @@ KNOTS = 41
 
 def free_run(runner: GeneratorRunner, features: np.ndarray, controls: np.ndarray,
              seed: int = 0) -> np.ndarray:
-    """Its noise is scaled as the run-time scales it (``runner.noise_scale``)."""
-    """One clip's frames as served: (n, 4, N_MELS) features → (n, M) clipped raw motion."""
+    """One clip's frames as served: (n, 4, N_MELS) features → (n, M) clipped raw motion
+    (windows made by the run-time's own ``window_request``, the model's frames in the cache,
+    before the calibration: what the map is fitted on)."""
     spec = runner.spec
     n = features.shape[0]
     silence = silence_features()
+
+    def feature(v: int) -> np.ndarray:
+        return features[v] if 0 <= v < n else silence
+
     cache = np.tile(rest_motion(), (spec.cache, 1))
     out = []
     for w, s in enumerate(range(0, n, spec.window)):
-        rows = [features[v] if 0 <= v < n else silence
-                for v in range(s - spec.audio_context, s + spec.window + spec.lookahead)]
-        noise = np.random.default_rng([seed, w]).standard_normal(
-            (spec.window, spec.motion_dim)).astype(np.float32) * runner.noise_scale
-        req = WindowRequest(mel=np.concatenate(rows).astype(np.float32), past=cache.copy(),
-                            controls=controls.astype(np.float32), noise=noise, start_frame=s,
-                            window_index=w)
+        req = window_request(runner, feature, s, w, cache, controls, seed)
         frames = clip_motion(runner.infer_requests([req])[0])
         if spec.cache:
             cache = np.concatenate([cache, frames])[-spec.cache:]

@@ -158,12 +158,17 @@ def main() -> None:
     p.add_argument("--lookahead", type=int, default=None,
                    help="L, frames of future audio (default: the config's)")
     p.add_argument("--window", type=int, default=None, help="W, frames per call")
+    p.add_argument("--d-model", type=int, default=None, help="width (default: the config's)")
+    p.add_argument("--layers", type=int, default=None, help="transformer blocks")
+    p.add_argument("--mouth-cache", action="store_true",
+                   help="let the model see the cache's mouth dims (before revision 5)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TINY if args.tiny else GeneratorConfig()
-    shape = {k: v for k, v in (("lookahead", args.lookahead), ("window", args.window))
+    shape = {k: v for k, v in (("lookahead", args.lookahead), ("window", args.window),
+                               ("d_model", args.d_model), ("n_layers", args.layers))
              if v is not None}
-    cfg = dataclasses.replace(cfg, **shape)
+    cfg = dataclasses.replace(cfg, **shape, mouth_cache=args.mouth_cache)
     info = train(args.corpus, args.out, cfg, args.steps, args.batch, args.lr, args.seed,
                  max_minutes=args.max_minutes, init=args.init, closure_boost=args.closure_boost,
                  exclude=tuple(k for k in args.exclude.split(",") if k))

@@ -176,13 +176,24 @@ def render_and_score(audio: np.ndarray, segments: list[tuple[float, float, str]]
 
 
 def summarise(rows: list[Scores]) -> dict[str, float | None]:
-    """Means over clips, each score over the clips that have it (bilabials pooled)."""
+    """Over clips: bilabials and open vowels pooled (each instance counts once, so a clip with
+    two bilabials does not weigh as much as one with nine), the other scores as clip means;
+    ``bilabials`` / ``open_vowels`` are the pooled counts behind the two rates."""
     def mean(key: str) -> float | None:
         values = [getattr(r, key) for r in rows if getattr(r, key) is not None]
         return round(float(np.mean(values)), 3) if values else None
 
+    def pooled(rate: str, count: str) -> float | None:
+        n = sum(getattr(r, count) for r in rows if getattr(r, rate) is not None)
+        hits = sum(getattr(r, rate) * getattr(r, count) for r in rows
+                   if getattr(r, rate) is not None)
+        return round(hits / n, 3) if n else None
+
     lags = [abs(r.lag_frames) for r in rows]
-    return {"bilabial_closed": mean("bilabial_closed"), "vowel_opened": mean("vowel_opened"),
+    return {"bilabial_closed": pooled("bilabial_closed", "bilabials"),
+            "vowel_opened": pooled("vowel_opened", "open_vowels"),
             "open_p90": mean("open_p90"), "silence_at_rest": mean("silence_at_rest"),
             "lag_frames_median": float(np.median([r.lag_frames for r in rows])),
-            "lag_abs_max": float(max(lags)) if lags else 0.0, "clips": float(len(rows))}
+            "lag_abs_max": float(max(lags)) if lags else 0.0, "clips": float(len(rows)),
+            "bilabials": float(sum(r.bilabials for r in rows)),
+            "open_vowels": float(sum(r.open_vowels for r in rows))}

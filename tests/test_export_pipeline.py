@@ -130,3 +130,39 @@ def test_the_mouth_noise_factor_quiets_the_mouth_and_keeps_streaming_exact(built
     gen = MotionGenerator(runner, seed=1)
     streamed = np.concatenate([gen.push(audio[:333]), gen.push(audio[333:]), gen.flush()])
     assert np.array_equal(streamed, one)
+
+
+def test_without_mouth_cache_the_mouth_comes_from_the_audio_alone() -> None:
+    """``mouth_cache`` False: a cache differing only in its mouth dims gives the same velocity
+    (the labels' anticipation in a training cache can't leak), other dims still count; old
+    checkpoints, without the field, load with the cache's mouth seen, as they were trained."""
+    import dataclasses
+
+    import torch
+
+    from vivify.engines.motion.generator_config import MOUTH_DIMS, TINY, GeneratorConfig
+    from vivify.engines.runtimes.torch_models.generator import MotionFlow
+
+    def velocities(cfg: GeneratorConfig, dims: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = MotionFlow(cfg).eval()
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(2, cfg.window, cfg.motion_dim, generator=g)
+        past = torch.randn(2, cfg.cache, cfg.motion_dim, generator=g)
+        mel = torch.randn(2, 4 * cfg.context_frames, cfg.n_mels, generator=g)
+        ctrl, t = torch.zeros(2, cfg.control_dim), torch.full((2,), 0.5)
+        other = past.clone()
+        other[..., dims] += 3.0
+        with torch.no_grad():
+            a = model.encode(mel)
+            return (model.velocity(x, t, past, a, ctrl, model.prior_mean(a)),
+                    model.velocity(x, t, other, a, ctrl, model.prior_mean(a)))
+
+    mouth, head = list(MOUTH_DIMS), [d for d in range(TINY.motion_dim) if d not in MOUTH_DIMS]
+    assert not TINY.mouth_cache
+    torch.testing.assert_close(*velocities(TINY, mouth))
+    assert not torch.allclose(*velocities(TINY, head))
+    seen = dataclasses.replace(TINY, mouth_cache=True)
+    assert not torch.allclose(*velocities(seen, mouth))
+    old = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "mouth_cache"}
+    assert GeneratorConfig.from_dict(old).mouth_cache

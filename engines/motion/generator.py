@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -305,6 +305,24 @@ class WindowRequest:
     window_index: int
 
 
+def window_request(runner: GeneratorRunner, feature: Callable[[int], np.ndarray], start: int,
+                   index: int, cache: np.ndarray, controls: np.ndarray, seed: int
+                   ) -> WindowRequest:
+    """Window ``index`` (first frame ``start``) of a stream: the features of frames
+    [start − A, start + W + L) from ``feature(frame)``, the cache, and the stream's noise draw
+    for that window (seeded by (seed, index), scaled by the manifest's sampling). The one
+    place a window's inputs are made: the live session and the calibration's free run
+    (export/calibrate.py) must feed the model alike."""
+    spec = runner.spec
+    rows = [feature(v) for v in range(start - spec.audio_context,
+                                      start + spec.window + spec.lookahead)]
+    noise = np.random.default_rng([seed, index]).standard_normal(
+        (spec.window, spec.motion_dim)).astype(np.float32) * runner.noise_scale
+    return WindowRequest(mel=np.concatenate(rows).astype(np.float32), past=cache.copy(),
+                         controls=np.asarray(controls, np.float32).copy(), noise=noise,
+                         start_frame=start, window_index=index)
+
+
 def control_vector(gaze: tuple[float, float] = (0.0, 0.0), distance: float = 0.0,
                    emotion: str = "neutral", intensity: float = 1.0) -> np.ndarray:
     """The model's control input: gaze x/y and head distance in motion units (−1..1), and an
@@ -441,12 +459,8 @@ class MotionGenerator:
         if self._audio_start + self._audio.size < end_frame * SAMPLES_PER_FRAME:
             return None
         self._compute_features(end_frame)
-        rows = [self._feature(v) for v in range(s - spec.audio_context, end_frame)]
-        noise = np.random.default_rng([self.seed, self._windows]).standard_normal(
-            (spec.window, spec.motion_dim)).astype(np.float32) * self.runner.noise_scale
-        return WindowRequest(mel=np.concatenate(rows), past=self._cache.copy(),
-                             controls=self.controls.copy(), noise=noise, start_frame=s,
-                             window_index=self._windows)
+        return window_request(self.runner, self._feature, s, self._windows, self._cache,
+                              self.controls, self.seed)
 
     def accept(self, window: np.ndarray) -> np.ndarray:
         """Take the model's (W, M) output for the pending request; return the frames shown."""

@@ -39,6 +39,11 @@ class GeneratorConfig:
     cond_drop: float = 0.15  # classifier-free guidance: audio dropped this often in training
     past_noise: float = 0.1  # max std (normalised units) of noise added to the cache in training
     past_noise_mouth: float = 0.2  # the same for the cache's mouth dims (see MOUTH_DIMS)
+    # False: the model does not see the cache's mouth dims at all (they read as the corpus
+    # mean). The labels anticipate a closure (coarticulation), so a cache of labels tells the
+    # future beyond the audio's lookahead; trained on it, the model closed on every bilabial
+    # when fed labels and missed 16 % when fed its own frames (docs/generator.md, rev. 5).
+    mouth_cache: bool = False
     prior: bool = True  # audio-only regression prior for the window; the flow adds a residual
     prior_weight: float = 1.0  # weight of the prior's MSE in the teacher's loss
     fps: int = FPS
@@ -77,9 +82,11 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> GeneratorConfig:
-        """Older checkpoints (before the prior) lack ``prior`` and ``past_noise_mouth``: they
-        load as what they were (no prior, uniform cache noise)."""
+        """Older checkpoints (before the prior) lack ``prior`` and ``past_noise_mouth``, those
+        before revision 5 ``mouth_cache``: they load as what they were (no prior, uniform cache
+        noise, the mouth seen in the cache)."""
         d = dict(d)
+        d.setdefault("mouth_cache", True)
         if "prior" not in d:
             d["prior"] = False
             d.setdefault("past_noise_mouth", d.get("past_noise", 0.1))

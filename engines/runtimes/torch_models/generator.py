@@ -156,6 +156,7 @@ class MotionFlow(nn.Module):
         audio (B, T, D) encoded (or null), controls (B, C), mu (B, 1 + W, M) the prior's mean
         (normalised; ignored without a prior) → velocity (B, W, M)."""
         cfg = self.cfg
+        past_n = self.visible_past(past_n)
         c = self.t_mlp(timestep_embedding(t, cfg.d_model)) + self.ctrl(controls)  # (B, D)
         xt = self.x_in(x)
         past = self.past_in(past_n)
@@ -170,6 +171,17 @@ class MotionFlow(nn.Module):
             tokens = blk(tokens, c)
         start = 1 + cfg.cache
         return self.head(self.norm(tokens[:, start:start + cfg.window]))  # (B, W, M)
+
+    def visible_past(self, past_n: torch.Tensor) -> torch.Tensor:
+        """The cache as the model sees it: without ``mouth_cache`` its mouth dims are zeroed
+        (the corpus mean in normalised units), so the mouth must come from the audio — a
+        cache of labels would carry their anticipation of a closure, which the model's own
+        frames at run time do not (a constant mask: it folds into the ONNX graph)."""
+        if self.cfg.mouth_cache:
+            return past_n
+        keep = torch.ones(self.cfg.motion_dim)
+        keep[list(MOUTH_DIMS)] = 0.0
+        return past_n * keep
 
     def encode(self, mel: torch.Tensor, audio_on: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 4T, N_MELS) → (B, T, D); rows with audio_on == 0 get the learned null audio."""
