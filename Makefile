@@ -163,7 +163,9 @@ data: export-deps data-deps
 
 # One core each (the other is left to the machine's other jobs). Fixed step counts, so a run is
 # reproducible from its seed; WINDOW and LOOKAHEAD are the shipped model's W and L
-# (docs/generator.md, revision 4: W = 1, L = 1 keeps onset → mouth within 250 ms).
+# (docs/generator.md, revision 4: W = 1, L = 1 keeps onset → mouth within 250 ms). Since
+# revision 5 the model does not see its cache's mouth (GeneratorConfig.mouth_cache) and the
+# calibration samples the mouth with noise × 0.3 (export/calibrate.py).
 WINDOW ?= 1
 LOOKAHEAD ?= 1
 RECIPE_FLAGS := --closure-boost 0.3 --seed 0
@@ -179,7 +181,7 @@ export: export-deps
 	$(PY) -m vivify.export.calibrate --manifest models/motion_generator.json --corpus $(GEN)/corpus
 
 # The corpus's own evaluation (jaw, closures, sung vowels, drift), then the held-out sources
-# scored on the rendered video (export/holdout_eval.py).
+# scored on the rendered video (export/holdout_eval.py: 16 clips a source, ~15 min here).
 eval: export-deps
 	$(PY) -m vivify.export.evaluate --corpus $(GEN)/corpus --teacher $(GEN)/teacher.pt --out bench/results
 	$(PY) -m vivify.export.holdout_eval --out bench/results/holdout

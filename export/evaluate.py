@@ -39,6 +39,7 @@ from vivify.engines.audio.audio_io import SAMPLES_PER_FRAME
 from vivify.engines.motion.baseline import BaselineConfig, BaselineDriver
 from vivify.engines.motion.generator import (
     DEFAULT_MANIFEST,
+    Calibration,
     GeneratorRunner,
     GeneratorSpec,
     MotionGenerator,
@@ -84,6 +85,8 @@ class TorchRunner:
         self.spec = GeneratorSpec.from_config(asdict(cfg))
         self.steps = steps or cfg.teacher_steps
         self.cfg_scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
+        self.noise_scale = np.ones(cfg.motion_dim, np.float32)  # the teacher: full noise,
+        self.calibration = Calibration()  # ... and its own frames shown (identity)
 
     def infer_requests(self, requests: Sequence[WindowRequest]) -> list[np.ndarray]:
         t = self.torch
