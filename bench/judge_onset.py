@@ -6,8 +6,9 @@ range in the video it receives. That is a caller's view: it includes both ends' 
 the codec and the face's own rise time, where ``bench/loopback.py`` measures from the server's
 first frame showing any motion. This runs the judge's client ``--runs`` times on a live server
 (started here, its flags after ``--``), over sentences spoken by espeak-ng training voices, and
-with ``--save`` scores the received stream of one run with the judge's ``articulation``
-(bilabials closed, open vowels opened on the live stream).
+with ``--save`` scores every run's received stream with the judge's ``articulation``
+(bilabials closed, open vowels opened on the live stream; pooled over the runs in the report;
+scored between calls, so it does not load the server during one).
 
     python -m bench.judge_onset --runs 6 -- --driver learned
     python -m bench.judge_onset --runs 6 --save -- --driver baseline
@@ -82,6 +83,18 @@ def articulation(python: str, save: Path, text: str) -> dict[str, Any]:
     return result
 
 
+def pooled_articulation(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bilabials closed and open vowels opened over every scored run (each instance once)."""
+    scored = [r["articulation"] for r in runs
+              if isinstance(r.get("articulation"), dict) and "error" not in r["articulation"]]
+    out: dict[str, Any] = {"runs": len(scored)}
+    for rate, count in (("bilabial_closed", "bilabials"), ("vowel_opened", "open_vowels")):
+        n = sum(a.get(count, 0) for a in scored if a.get(rate) is not None)
+        hits = sum(a[rate] * a[count] for a in scored if a.get(rate) is not None)
+        out[count], out[rate] = n, (round(hits / n, 3) if n else None)
+    return out
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
@@ -93,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=6)
     p.add_argument("--save", action="store_true",
-                   help="score one run's received stream with the judge's articulation")
+                   help="score each run's received stream with the judge's articulation")
     p.add_argument("--out", type=Path)
     args = p.parse_args(own)
     python = judge_python()
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         with LiveServer(tmp / "home", args=server_args) as server:
             for k in range(args.runs):
                 wav, text = wavs[k % len(wavs)]
-                save = tmp / f"run{k}" if args.save and k == 0 else None
+                save = tmp / f"run{k}" if args.save else None
                 result = call(python, server.url, wav, save) | {"sentence": text}
                 if save is not None and "error" not in result:
                     result["articulation"] = articulation(python, save, text)
@@ -124,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                                          if "first_frame_s" in r], 50),
         "failed": sum("error" in r for r in runs),
     }
+    if args.save:
+        report["articulation"] = pooled_articulation(runs)
     out = args.out or RESULTS / f"judge-onset-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
