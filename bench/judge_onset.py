@@ -33,6 +33,7 @@ import numpy as np
 from bench.harness.machine import machine_info
 from bench.harness.server import LiveServer
 from vivify.engines.audio import espeak
+from vivify.export.video_eval import pooled_rate
 
 REPO = Path(__file__).resolve().parent.parent
 JUDGE = REPO.parent / "shared" / "judge"
@@ -89,9 +90,9 @@ def pooled_articulation(runs: list[dict[str, Any]]) -> dict[str, Any]:
               if isinstance(r.get("articulation"), dict) and "error" not in r["articulation"]]
     out: dict[str, Any] = {"runs": len(scored)}
     for rate, count in (("bilabial_closed", "bilabials"), ("vowel_opened", "open_vowels")):
-        n = sum(a.get(count, 0) for a in scored if a.get(rate) is not None)
-        hits = sum(a[rate] * a[count] for a in scored if a.get(rate) is not None)
-        out[count], out[rate] = n, (round(hits / n, 3) if n else None)
+        parts = [(a.get(rate), a.get(count, 0)) for a in scored]
+        out[count] = sum(n for r, n in parts if r is not None)
+        out[rate] = pooled_rate(parts)
     return out
 
 

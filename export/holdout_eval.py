@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,12 @@ STRIDE = 5  # validation: the training voices are many; a stride visits many in 
 Clip = tuple[np.ndarray, list[tuple[float, float, str]]]
 
 
+def _nth(items: Sequence[str], k: int, held_out: bool) -> str:
+    """Clip ``k``'s voice or language: in turn for the few held-out ones, by a stride through
+    the many training ones (validation)."""
+    return items[(k if held_out else k * STRIDE) % len(items)]
+
+
 def espeak_clips(n: int, seed: int, held_out: bool = True) -> Iterator[tuple[str, Clip]]:
     from vivify.export.data.augment import resample
     from vivify.export.data.synth import Espeak
@@ -43,7 +49,7 @@ def espeak_clips(n: int, seed: int, held_out: bool = True) -> Iterator[tuple[str
     es, rng = Espeak(), np.random.default_rng(seed)
     voices = corpus.EVAL_VOICES if held_out else corpus.TRAIN_VOICES
     for k in range(n):
-        voice = voices[(k * STRIDE) % len(voices)] if not held_out else voices[k % len(voices)]
+        voice = _nth(voices, k, held_out)
         utt = es.say(sentence(corpus._language(voice), EVAL_SENTENCE_BASE + k), voice)
         segs = lab.segments(utt.phonemes)
         x = resample(utt.audio, utt.rate, RATE)
@@ -73,8 +79,7 @@ def klettres_clips(n: int, seed: int, held_out: bool = True) -> Iterator[tuple[s
     languages = (corpus.KLETTRES_EVAL_LANGUAGES if held_out
                  else tuple(sorted({r.language for r in pool})))
     for k in range(n):
-        language = languages[(k * STRIDE) % len(languages)] if not held_out else languages[
-            k % len(languages)]
+        language = _nth(languages, k, held_out)
         recs = [r for r in pool if r.language == language]
         picked = [recs[int(i)] for i in rng.integers(0, len(recs), size=3)]
         parts = [(c.audio, c.segments) for c in map(klettres.label, picked)]

@@ -175,6 +175,14 @@ def render_and_score(audio: np.ndarray, segments: list[tuple[float, float, str]]
     return score(mouth_openings(frames, analyzer), segments, audio)
 
 
+def pooled_rate(parts: list[tuple[float | None, int]]) -> float | None:
+    """A rate over several clips from each clip's (rate, instances): every instance counts
+    once; clips without a rate (no instance) are left out. None when there is no instance."""
+    n = sum(count for rate, count in parts if rate is not None)
+    hits = sum(rate * count for rate, count in parts if rate is not None)
+    return round(hits / n, 3) if n else None
+
+
 def summarise(rows: list[Scores]) -> dict[str, float | None]:
     """Over clips: bilabials and open vowels pooled (each instance counts once, so a clip with
     two bilabials does not weigh as much as one with nine), the other scores as clip means;
@@ -184,10 +192,7 @@ def summarise(rows: list[Scores]) -> dict[str, float | None]:
         return round(float(np.mean(values)), 3) if values else None
 
     def pooled(rate: str, count: str) -> float | None:
-        n = sum(getattr(r, count) for r in rows if getattr(r, rate) is not None)
-        hits = sum(getattr(r, rate) * getattr(r, count) for r in rows
-                   if getattr(r, rate) is not None)
-        return round(hits / n, 3) if n else None
+        return pooled_rate([(getattr(r, rate), getattr(r, count)) for r in rows])
 
     lags = [abs(r.lag_frames) for r in rows]
     return {"bilabial_closed": pooled("bilabial_closed", "bilabials"),

@@ -318,7 +318,7 @@ def window_request(runner: GeneratorRunner, feature: Callable[[int], np.ndarray]
                                       start + spec.window + spec.lookahead)]
     noise = np.random.default_rng([seed, index]).standard_normal(
         (spec.window, spec.motion_dim)).astype(np.float32) * runner.noise_scale
-    return WindowRequest(mel=np.concatenate(rows).astype(np.float32), past=cache.copy(),
+    return WindowRequest(mel=np.concatenate(rows, dtype=np.float32), past=cache.copy(),
                          controls=np.asarray(controls, np.float32).copy(), noise=noise,
                          start_frame=start, window_index=index)
 
