@@ -188,6 +188,19 @@ def test_clear_interrupts_without_a_jump(runner: GeneratorRunner, speech: np.nda
     assert np.mean(after[10:, INDEX["jaw_open"]] <= 0.1) > 0.9  # mouth closes after interrupt
 
 
+def test_clear_forgets_the_interrupted_speech(runner: GeneratorRunner,
+                                              speech: np.ndarray) -> None:
+    """The first frame after an interrupt is the mouth at rest, wherever the sentence was cut:
+    the encoder's past context no longer holds the speech (it kept the jaw open for up to two
+    frames, 80 ms of the interrupt → idle budget)."""
+    for cut in range(8, min(80, speech.size // SAMPLES_PER_FRAME), 3):
+        gen = MotionGenerator(runner, seed=0)
+        gen.push(speech[: cut * SAMPLES_PER_FRAME])
+        gen.clear()
+        after = gen.push(np.zeros(SR, np.float32))
+        assert after[:5, INDEX["jaw_open"]].max() <= 0.1, cut
+
+
 def test_flush_then_push_continues_the_timeline(runner: GeneratorRunner,
                                                speech: np.ndarray) -> None:
     gen = MotionGenerator(runner)

@@ -425,10 +425,18 @@ class MotionGenerator:
         return frames
 
     def clear(self) -> None:
-        """Interruption: drop audio not yet shown. The cache keeps the last shown frames, so
-        head, blinks and gaze continue from where they were and the mouth closes smoothly."""
+        """Interruption: drop audio not yet shown, and forget the speech already heard.
+
+        The encoder's past context (A frames) would otherwise still hold the interrupted
+        sentence, and the mouth kept speaking for up to two frames after it (measured on the
+        shipped model); the session had also made frames ahead of playback whose audio is
+        never heard. So the context becomes silence: the next frame is the face at rest. The
+        cache keeps the last shown frames, so head, blinks and gaze continue without a jump.
+        """
         self._consolidate()
         self._truncate(self._frames * SAMPLES_PER_FRAME)
+        self._audio[:] = 0.0
+        self._feats = [self._silence] * len(self._feats)
 
     def drive(self, audio: np.ndarray) -> np.ndarray:
         """Offline: ``push(audio)`` then ``flush()`` — the reference for any chunking."""
