@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vivify.engines.motion.feature_norm import normalise_clip
 from vivify.engines.motion.generator import GeneratorRunner, silence_features, window_request
 from vivify.engines.motion.vector import INDEX, clip_motion, rest_motion
 
@@ -41,10 +42,12 @@ def free_run(runner: GeneratorRunner, features: np.ndarray, controls: np.ndarray
     before the calibration: what the map is fitted on)."""
     spec = runner.spec
     n = features.shape[0]
-    silence = silence_features()
+    silence = tail = silence_features()
+    if spec.norm_prior:  # the stored features, normalised as the stream would be
+        features, tail = normalise_clip(spec.norm_prior, features, silence)
 
     def feature(v: int) -> np.ndarray:
-        return features[v] if 0 <= v < n else silence
+        return features[v] if 0 <= v < n else silence if v < 0 else tail
 
     cache = np.tile(rest_motion(), (spec.cache, 1))
     out = []

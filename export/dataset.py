@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vivify.engines.motion.feature_norm import normalise_clip
 from vivify.engines.motion.generator import silence_features
 from vivify.engines.motion.generator_config import GeneratorConfig
 
 BILABIAL_CLASS = 2  # export.data.labels.frame_classes: 0 speech, 1 silence, 2 bilabial
+SILENCE_CLASS = 1
 
 
 class WindowSampler:
@@ -34,12 +36,15 @@ class WindowSampler:
         self.closure_boost = closure_boost
         self.closure_frames = np.flatnonzero(d["classes"] == BILABIAL_CLASS)
         feats = d["features"].astype(np.float32)
-        self.features = np.concatenate([feats, silence_features()[None]])  # last row: silence
+        self.offsets = d["offsets"]
+        tails = clip_features(cfg, feats, self.offsets)  # normalises ``feats`` in place
+        # rows: the clips' frames, the silence before any stream, each clip's end silence
+        self.features = np.concatenate([feats, silence_features()[None], tails])
         self.silence_row = feats.shape[0]
+        self.tail_rows = self.silence_row + 1
         self.labels = np.concatenate([d["labels"], np.zeros((1, d["labels"].shape[1]),
                                                              np.float32)])  # last row: rest
         self.rest_row = d["labels"].shape[0]
-        self.offsets = d["offsets"]
         self.lengths = np.diff(self.offsets)
         self.controls = d["controls"].astype(np.float32)
         ok = (self.lengths >= cfg.window) & ~np.isin(d["kinds"], list(exclude))
@@ -72,7 +77,8 @@ class WindowSampler:
         cfg = self.cfg
         off, n = self.offsets[clip][:, None], self.lengths[clip][:, None]
         a = start[:, None] + np.arange(-cfg.audio_context, cfg.window + cfg.lookahead)[None]
-        a_idx = np.where((a >= 0) & (a < n), off + a, self.silence_row)
+        a_idx = np.where(a < 0, self.silence_row,
+                         np.where(a < n, off + a, self.tail_rows + clip[:, None]))
         p = start[:, None] + np.arange(-cfg.cache, 0)[None]
         p_idx = np.where(p >= 0, off + p, self.rest_row)
         x_idx = off + start[:, None] + np.arange(cfg.window)[None]
@@ -83,6 +89,21 @@ class WindowSampler:
             "target": torch.from_numpy(self.labels[x_idx]),  # (B, W, M)
             "controls": torch.from_numpy(self.controls[clip]),  # (B, C)
         }
+
+
+def clip_features(cfg: GeneratorConfig, features: np.ndarray, offsets: np.ndarray
+                  ) -> np.ndarray:
+    """The corpus's stored features as the run-time computes them: with ``cfg.norm_prior``,
+    each clip normalised in place as one stream from its first frame
+    (:mod:`vivify.engines.motion.feature_norm`). Returns each clip's end-padding silence frame
+    (n_clips, MELS_PER_FRAME, N_MELS): the silence shifted by the clip's last state."""
+    silence = silence_features()
+    tails = np.repeat(silence[None], len(offsets) - 1, axis=0)
+    if cfg.norm_prior:
+        for c in range(len(offsets) - 1):
+            lo, hi = int(offsets[c]), int(offsets[c + 1])
+            features[lo:hi], tails[c] = normalise_clip(cfg.norm_prior, features[lo:hi], silence)
+    return tails
 
 
 def noisy_past(past: torch.Tensor, std: torch.Tensor, max_noise: float | torch.Tensor,

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vivify.engines.motion.feature_norm import corpus_prior
 from vivify.engines.motion.generator_config import TINY, GeneratorConfig
 from vivify.engines.runtimes.torch_models.generator import MotionFlow
-from vivify.export.dataset import WindowSampler, noisy_past
+from vivify.export.dataset import SILENCE_CLASS, WindowSampler, noisy_past
 
 EMA_DECAY = 0.998  # ~500-step average: runs here are a few thousand steps
 WARMUP_STEPS = 200
@@ -91,6 +92,16 @@ def load(path: Path) -> MotionFlow:
     model = MotionFlow(GeneratorConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def speech_prior(corpus: Path, exclude: tuple[str, ...] = ()) -> tuple[float, ...]:
+    """The feature normalisation's prior: the per-band mean of the training clips' speech
+    frames (those of ``exclude``d kinds left out, as the model never sees them)."""
+    with np.load(corpus / "train.npz") as npz:
+        feats, classes = npz["features"], npz["classes"]
+        offsets, kinds = npz["offsets"], npz["kinds"]
+    kept = np.repeat(~np.isin(kinds, list(exclude)), np.diff(offsets))
+    return corpus_prior(feats, kept & (classes != SILENCE_CLASS))
 
 
 def train(corpus: Path, out: Path, cfg: GeneratorConfig, steps: int, batch: int, lr: float,
@@ -162,6 +173,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=None, help="transformer blocks")
     p.add_argument("--mouth-cache", action="store_true",
                    help="let the model see the cache's mouth dims (before revision 5)")
+    p.add_argument("--feature-norm", action="store_true",
+                   help="causal per-stream feature normalisation (engines/motion/feature_norm)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = TINY if args.tiny else GeneratorConfig()
@@ -169,9 +182,12 @@ def main() -> None:
                                ("d_model", args.d_model), ("n_layers", args.layers))
              if v is not None}
     cfg = dataclasses.replace(cfg, **shape, mouth_cache=args.mouth_cache)
+    exclude = tuple(k for k in args.exclude.split(",") if k)
+    if args.feature_norm:
+        cfg = dataclasses.replace(cfg, norm_prior=speech_prior(args.corpus, exclude))
     info = train(args.corpus, args.out, cfg, args.steps, args.batch, args.lr, args.seed,
                  max_minutes=args.max_minutes, init=args.init, closure_boost=args.closure_boost,
-                 exclude=tuple(k for k in args.exclude.split(",") if k))
+                 exclude=exclude)
     print(f"teacher saved to {args.out} after {info['seconds']:.0f} s")
 
 

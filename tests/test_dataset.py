@@ -74,3 +74,27 @@ def _window_starts(sampler, batch: dict) -> list[int]:
     first = batch["mel"].numpy()[:, 4 * cfg.audio_context:4 * cfg.audio_context + 4]
     table = sampler.features[:-1]
     return [int(np.flatnonzero((table == f).all(axis=(1, 2)))[0]) for f in first]
+
+
+def test_normalised_windows_are_the_streams_own(corpus: Path) -> None:
+    """With ``norm_prior`` each clip's features are normalised as one stream from its first
+    frame, and a window reaching past the clip's end sees the silence the run-time pads with,
+    shifted by the clip's last state (not the unshifted silence before a stream)."""
+    import dataclasses
+
+    from vivify.engines.motion.feature_norm import normalise_clip
+    from vivify.engines.motion.generator import silence_features
+    from vivify.engines.motion.generator_config import GeneratorConfig
+    from vivify.export.dataset import WindowSampler
+
+    prior = tuple(0.1 * np.sin(np.arange(40)))
+    cfg = dataclasses.replace(GeneratorConfig(), norm_prior=prior)
+    raw = np.load(corpus / "train.npz")["features"][40:80].astype(np.float32)
+    want, tail = normalise_clip(prior, raw, silence_features())
+    sampler = WindowSampler(corpus, cfg)
+    mel = sampler.gather(np.array([1]), np.array([38]))["mel"].numpy()[0].reshape(-1, 4, 40)
+    assert np.array_equal(mel[:10], want[30:40])  # frames 30..39 of clip 1
+    assert np.array_equal(mel[10], tail) and np.array_equal(mel[11], tail)  # 40, 41: past its end
+    assert not np.array_equal(tail, silence_features())
+    start = sampler.gather(np.array([1]), np.array([0]))["mel"].numpy()[0].reshape(-1, 4, 40)
+    assert np.array_equal(start[:8], np.repeat(silence_features()[None], 8, axis=0))

@@ -38,6 +38,7 @@ import numpy as np
 from vivify.engines.audio.audio_io import SAMPLE_RATE, SAMPLES_PER_FRAME
 from vivify.engines.avatar.model_store import sha256_file
 from vivify.engines.motion.controls import Controls
+from vivify.engines.motion.feature_norm import FeatureNorm
 from vivify.engines.motion.vector import (
     EMOTIONS,
     INDEX,
@@ -164,6 +165,7 @@ class GeneratorSpec:
     control_dim: int
     n_mels: int
     mels_per_frame: int
+    norm_prior: tuple[float, ...] = ()  # feature normalisation's prior; () for none
 
     @property
     def context_frames(self) -> int:
@@ -172,9 +174,14 @@ class GeneratorSpec:
     @classmethod
     def from_config(cls, config: dict) -> GeneratorSpec:
         try:
-            spec = cls(**{f: int(config[f]) for f in cls.__dataclass_fields__})
+            spec = cls(**{f: int(config[f]) for f in cls.__dataclass_fields__
+                          if f != "norm_prior"},
+                       norm_prior=tuple(float(v) for v in config.get("norm_prior", ())))
         except KeyError as exc:
             raise ManifestError(f"manifest config lacks field {exc.args[0]!r}") from exc
+        if spec.norm_prior and (len(spec.norm_prior) != N_MELS
+                                or not all(math.isfinite(v) for v in spec.norm_prior)):
+            raise ManifestError(f"manifest norm_prior must be {N_MELS} finite numbers")
         if spec.motion_dim != MOTION_DIM:
             raise ManifestError(f"model makes {spec.motion_dim}-dim motion, rig has {MOTION_DIM}")
         if spec.n_mels != N_MELS or spec.mels_per_frame != MELS_PER_FRAME:
@@ -371,6 +378,8 @@ class MotionGenerator:
         if self.controls.shape != (self.spec.control_dim,):
             raise ValueError(f"controls must have shape ({self.spec.control_dim},)")
         self._silence = silence_features()
+        self._norm = FeatureNorm(self.spec.norm_prior) if self.spec.norm_prior else None
+        self._norm_states: list[np.ndarray] = []  # the normaliser's state before each feature
         self._cache = np.tile(rest_motion(), (self.spec.cache, 1))  # (K, M)
         # audio: self._audio holds absolute samples [self._audio_start, ...)
         self._audio = np.zeros(FRAME_CONTEXT_SAMPLES, dtype=np.float32)
@@ -436,7 +445,8 @@ class MotionGenerator:
         self._consolidate()
         self._truncate(self._frames * SAMPLES_PER_FRAME)
         self._audio[:] = 0.0
-        self._feats = [self._silence] * len(self._feats)
+        quiet = self._norm.shift(self._silence) if self._norm else self._silence
+        self._feats = [quiet] * len(self._feats)
 
     def drive(self, audio: np.ndarray) -> np.ndarray:
         """Offline: ``push(audio)`` then ``flush()`` — the reference for any chunking."""
@@ -507,13 +517,18 @@ class MotionGenerator:
         while self._feat_base + len(self._feats) < end_frame:
             v = self._feat_base + len(self._feats)
             lo = v * SAMPLES_PER_FRAME - FRAME_CONTEXT_SAMPLES - self._audio_start
-            self._feats.append(frame_log_mel(self._audio[lo:lo + span]))
+            feats = frame_log_mel(self._audio[lo:lo + span])
+            if self._norm is not None:
+                self._norm_states.append(self._norm.state)
+                feats = self._norm(feats)
+            self._feats.append(feats)
 
     def _drop_old_features(self) -> None:
         keep_from = self._frames - self.spec.audio_context
         cut = max(0, min(keep_from - self._feat_base, len(self._feats)))
         if cut:
             del self._feats[:cut]
+            del self._norm_states[:cut]
             self._feat_base += cut
         # audio before the context of the first frame whose features are not computed yet
         first = self._feat_base + len(self._feats)
@@ -529,4 +544,7 @@ class MotionGenerator:
         self._audio = self._audio[: max(0, end - self._audio_start)].copy()
         first_bad = end // SAMPLES_PER_FRAME  # frames ≥ this saw audio past ``end``
         keep = max(0, first_bad - self._feat_base)
+        if self._norm is not None and keep < len(self._norm_states):
+            self._norm.restore(self._norm_states[keep])  # as before the dropped frames
         del self._feats[keep:]
+        del self._norm_states[keep:]

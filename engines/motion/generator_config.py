@@ -44,6 +44,9 @@ class GeneratorConfig:
     # future beyond the audio's lookahead; trained on it, the model closed on every bilabial
     # when fed labels and missed 16 % when fed its own frames (docs/generator.md, rev. 5).
     mouth_cache: bool = False
+    # Causal per-stream feature normalisation (engines/motion/feature_norm.py): the corpus's
+    # per-band speech mean, or empty for none (models before revision 6).
+    norm_prior: tuple[float, ...] = ()
     prior: bool = True  # audio-only regression prior for the window; the flow adds a residual
     prior_weight: float = 1.0  # weight of the prior's MSE in the teacher's loss
     fps: int = FPS
@@ -65,6 +68,8 @@ class GeneratorConfig:
         if self.window + self.lookahead > 4:
             raise ValueError(f"window + lookahead must be ≤ 4 frames (160 ms latency), got "
                              f"{self.window} + {self.lookahead}")
+        if self.norm_prior and len(self.norm_prior) != self.n_mels:
+            raise ValueError(f"norm_prior needs {self.n_mels} values, got {len(self.norm_prior)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must divide by n_heads ({self.n_heads})")
         if not 0.0 <= self.cond_drop < 1.0:
@@ -87,6 +92,7 @@ class GeneratorConfig:
         noise, the mouth seen in the cache)."""
         d = dict(d)
         d.setdefault("mouth_cache", True)
+        d["norm_prior"] = tuple(float(v) for v in d.get("norm_prior", ()))
         if "prior" not in d:
             d["prior"] = False
             d.setdefault("past_noise_mouth", d.get("past_noise", 0.1))
