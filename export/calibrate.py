@@ -50,9 +50,10 @@ def free_run(runner: GeneratorRunner, features: np.ndarray, controls: np.ndarray
         return features[v] if 0 <= v < n else silence if v < 0 else tail
 
     cache = np.tile(rest_motion(), (spec.cache, 1))
-    out = []
+    out, draw = [], None
     for w, s in enumerate(range(0, n, spec.window)):
-        req = window_request(runner, feature, s, w, cache, controls, seed)
+        req = window_request(runner, feature, s, w, cache, controls, seed, draw)
+        draw = req.draw
         frames = clip_motion(runner.infer_requests([req])[0])
         if spec.cache:
             cache = np.concatenate([cache, frames])[-spec.cache:]
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="factor on the mouth dims' sampling noise, stored in the manifest and "
                         "used for the fit (0.3 chosen on the validation split and training "
                         "sung clips: docs/generator.md, revision 5)")
+    p.add_argument("--press-noise", type=float, default=None,
+                   help="the lip press's own noise factor (default: --mouth-noise)")
+    p.add_argument("--noise-memory", type=float, default=0.0,
+                   help="ρ: the share of a window's mouth noise carried to the next")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     with np.load(args.corpus / "train.npz") as npz:  # each read of a member decompresses it
@@ -92,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads(args.manifest.read_text())
     manifest.pop("calibration", None)
     manifest["sampling"] = {"mouth_noise": args.mouth_noise}
+    if args.noise_memory:
+        manifest["sampling"]["noise_memory"] = args.noise_memory
+    if args.press_noise is not None:
+        manifest["sampling"]["press_noise"] = args.press_noise
     args.manifest.write_text(json.dumps(manifest, indent=2) + "\n")  # the run-time's sampling
     runner = GeneratorRunner(args.manifest)
     rng = np.random.default_rng(args.seed)

@@ -281,3 +281,44 @@ def test_a_calibration_must_be_a_monotone_map_of_a_known_dim() -> None:
     for bad in bad_maps:
         with pytest.raises(ManifestError):
             Calibration(bad)
+
+
+def _with_sampling(tmp_path: Path, **sampling: float) -> GeneratorRunner:
+    manifest = json.loads(DEFAULT_MANIFEST.read_text())
+    shutil.copy(DEFAULT_MANIFEST.parent / manifest["file"], tmp_path / manifest["file"])
+    manifest["sampling"] = {**manifest.get("sampling", {}), **sampling}
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    return GeneratorRunner(tmp_path / "m.json")
+
+
+def test_noise_memory_chains_the_mouth_draws_and_keeps_streaming_exact(
+        tmp_path: Path, speech: np.ndarray) -> None:
+    """``noise_memory`` ρ: each window's mouth draw continues the last one (an AR(1) chain of
+    unit variance), the other dims draw as before; chunked streaming still equals offline."""
+    from vivify.engines.motion.generator import MOUTH_INDICES, silence_features, window_request
+
+    chained = _with_sampling(tmp_path, noise_memory=0.9)
+    assert chained.noise_memory == 0.9
+    cache = np.zeros((chained.spec.cache, MOTION_DIM), np.float32)
+    controls = control_vector()
+    draws, previous = [], None
+    for w in range(400):
+        req = window_request(chained, lambda _v: silence_features(), w, w, cache, controls, 3,
+                             previous)
+        assert req.draw is not None
+        draws.append(req.draw[0])
+        previous = req.draw
+    d = np.stack(draws)
+    mouth = list(MOUTH_INDICES)
+    other = [i for i in range(MOTION_DIM) if i not in mouth]
+    lag1 = np.mean([np.corrcoef(d[:-1, i], d[1:, i])[0, 1] for i in mouth])
+    assert lag1 > 0.8 and 0.7 < d[:, mouth].std() < 1.3  # correlated, still unit variance
+    assert abs(np.mean([np.corrcoef(d[:-1, i], d[1:, i])[0, 1] for i in other])) < 0.15
+    plain = np.random.default_rng([3, 5]).standard_normal((1, MOTION_DIM)).astype(np.float32)
+    assert np.array_equal(d[5, other], plain[0, other])
+    ref = MotionGenerator(chained, seed=7).drive(speech)
+    gen = MotionGenerator(chained, seed=7)
+    out = [gen.push(speech[i:i + 1234]) for i in range(0, speech.size, 1234)]
+    assert np.array_equal(np.concatenate([*out, gen.flush()]), ref)
+    with pytest.raises(ManifestError, match="noise_memory"):
+        _with_sampling(tmp_path, noise_memory=1.0)

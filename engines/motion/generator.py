@@ -238,13 +238,26 @@ class Calibration:
 def noise_scale(sampling: dict) -> np.ndarray:
     """(MOTION_DIM,) factors on the noise a window draws, from the manifest's ``sampling``:
     ``mouth_noise`` scales the mouth dims' noise (a lower sampling temperature where the audio
-    should decide; blinks, sway and gaze keep theirs). 1 everywhere when absent."""
+    should decide; blinks, sway and gaze keep theirs), ``press_noise`` the lip press's own
+    (default: the mouth's). 1 everywhere when absent."""
     scale = np.ones(MOTION_DIM, np.float32)
     mouth = float(sampling.get("mouth_noise", 1.0))
-    if not 0.0 <= mouth <= 1.0:
-        raise ManifestError(f"sampling.mouth_noise must be within 0..1, got {mouth}")
+    press = float(sampling.get("press_noise", mouth))
+    for name, value in (("mouth_noise", mouth), ("press_noise", press)):
+        if not 0.0 <= value <= 1.0:
+            raise ManifestError(f"sampling.{name} must be within 0..1, got {value}")
     scale[list(MOUTH_INDICES)] = mouth
+    scale[INDEX["lip_press"]] = press
     return scale
+
+
+def noise_memory(sampling: dict) -> float:
+    """The manifest's ``sampling.noise_memory`` ρ (0..0.99; 0, independent draws, when absent):
+    how much of a window's mouth noise carries over to the next (see :func:`window_request`)."""
+    rho = float(sampling.get("noise_memory", 0.0))
+    if not 0.0 <= rho < 1.0:
+        raise ManifestError(f"sampling.noise_memory must be within 0..1 (exclusive), got {rho}")
+    return rho
 
 
 class GeneratorRunner:
@@ -267,6 +280,7 @@ class GeneratorRunner:
         self.spec = GeneratorSpec.from_config(self.manifest["config"])
         self.calibration = Calibration(self.manifest.get("calibration", {}).get("knots"))
         self.noise_scale = noise_scale(self.manifest.get("sampling", {}))
+        self.noise_memory = noise_memory(self.manifest.get("sampling", {}))
         if runner is None:
             model = ModelManifest.load(self.manifest_path, verify=False)  # checked just above
             if model.input_names != INPUT_NAMES:
@@ -310,24 +324,36 @@ class WindowRequest:
     noise: np.ndarray  # (W, M)
     start_frame: int
     window_index: int
+    draw: np.ndarray | None = None  # (W, M) the unscaled draw: the next window's ``previous``
 
 
 def window_request(runner: GeneratorRunner, feature: Callable[[int], np.ndarray], start: int,
-                   index: int, cache: np.ndarray, controls: np.ndarray, seed: int
-                   ) -> WindowRequest:
+                   index: int, cache: np.ndarray, controls: np.ndarray, seed: int,
+                   previous: np.ndarray | None = None) -> WindowRequest:
     """Window ``index`` (first frame ``start``) of a stream: the features of frames
     [start − A, start + W + L) from ``feature(frame)``, the cache, and the stream's noise draw
-    for that window (seeded by (seed, index), scaled by the manifest's sampling). The one
+    for that window (seeded by (seed, index), scaled by the manifest's sampling). With the
+    sampling's ``noise_memory`` ρ the mouth dims' draw continues the ``previous`` window's
+    draw (ρ·previous + √(1 − ρ²)·new): each window still draws from the model's whole
+    distribution, but a sustained vowel no longer jumps between draws frame to frame. The one
     place a window's inputs are made: the live session and the calibration's free run
     (export/calibrate.py) must feed the model alike."""
     spec = runner.spec
     rows = [feature(v) for v in range(start - spec.audio_context,
                                       start + spec.window + spec.lookahead)]
-    noise = np.random.default_rng([seed, index]).standard_normal(
-        (spec.window, spec.motion_dim)).astype(np.float32) * runner.noise_scale
+    draw = np.random.default_rng([seed, index]).standard_normal(
+        (spec.window, spec.motion_dim)).astype(np.float32)
+    rho = runner.noise_memory
+    if rho and previous is not None:  # the mouth's draws as an AR(1) chain: unit variance
+        mouth, last = list(MOUTH_INDICES), previous[-1]
+        fresh = np.float32(math.sqrt(1.0 - rho * rho))
+        for i in range(spec.window):
+            draw[i, mouth] = rho * last[mouth] + fresh * draw[i, mouth]
+            last = draw[i]
     return WindowRequest(mel=np.concatenate(rows, dtype=np.float32), past=cache.copy(),
-                         controls=np.asarray(controls, np.float32).copy(), noise=noise,
-                         start_frame=start, window_index=index)
+                         controls=np.asarray(controls, np.float32).copy(),
+                         noise=draw * runner.noise_scale, start_frame=start, window_index=index,
+                         draw=draw)
 
 
 def control_vector(gaze: tuple[float, float] = (0.0, 0.0), distance: float = 0.0,
@@ -391,6 +417,8 @@ class MotionGenerator:
         self._feat_base = 0
         self._frames = 0
         self._windows = 0
+        self._draw: np.ndarray | None = None  # the last window's noise draw (noise_memory)
+        self._next_draw: np.ndarray | None = None  # the pending request's
         self._limit: int | None = None  # during flush: emit no frame at or beyond this
 
     # -- MotionDriver protocol --
@@ -477,8 +505,10 @@ class MotionGenerator:
         if self._audio_start + self._audio.size < end_frame * SAMPLES_PER_FRAME:
             return None
         self._compute_features(end_frame)
-        return window_request(self.runner, self._feature, s, self._windows, self._cache,
-                              self.controls, self.seed)
+        req = window_request(self.runner, self._feature, s, self._windows, self._cache,
+                             self.controls, self.seed, self._draw)
+        self._next_draw = req.draw
+        return req
 
     def accept(self, window: np.ndarray) -> np.ndarray:
         """Take the model's (W, M) output for the pending request; return the frames shown."""
@@ -491,6 +521,7 @@ class MotionGenerator:
             self._cache = np.concatenate([self._cache, frames])[-spec.cache:]
         self._frames += n
         self._windows += 1
+        self._draw = self._next_draw
         self._drop_old_features()
         return clip_motion(self.runner.calibration(frames))
 
