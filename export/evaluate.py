@@ -54,8 +54,13 @@ BARS = {"jaw_corr": 0.75, "bilabial_recall": 0.85, "offset_frames": 1, "silent_c
 
 
 class WindowRunner(Protocol):
-    """What :class:`MotionGenerator` uses of its runner: the spec and one batched call. The
-    student (:class:`GeneratorRunner`) and the teacher (:class:`TorchRunner`) both are one."""
+    """What :class:`MotionGenerator` uses of its runner: the spec, the sampling (noise scale
+    and memory), the calibration and one batched call. The student
+    (:class:`GeneratorRunner`) and the teacher (:class:`TorchRunner`) both are one."""
+
+    noise_scale: np.ndarray
+    noise_memory: float
+    calibration: Calibration
 
     @property
     def spec(self) -> GeneratorSpec: ...
@@ -65,7 +70,7 @@ class WindowRunner(Protocol):
 
 def streaming_session(runner: WindowRunner, seed: int) -> MotionGenerator:
     """The run-time's per-session object on any window runner. MotionGenerator is annotated
-    with the student's class, but reads only ``spec`` and ``infer_requests`` (the Protocol)."""
+    with the student's class, but reads only what the Protocol names."""
     return MotionGenerator(cast(GeneratorRunner, runner), seed=seed)
 
 
@@ -86,6 +91,7 @@ class TorchRunner:
         self.steps = steps or cfg.teacher_steps
         self.cfg_scale = cfg.cfg_scale if cfg_scale is None else cfg_scale
         self.noise_scale = np.ones(cfg.motion_dim, np.float32)  # the teacher: full noise,
+        self.noise_memory = 0.0  # ... drawn afresh every window,
         self.calibration = Calibration()  # ... and its own frames shown (identity)
 
     def infer_requests(self, requests: Sequence[WindowRequest]) -> list[np.ndarray]:

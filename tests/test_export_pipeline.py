@@ -166,3 +166,14 @@ def test_without_mouth_cache_the_mouth_comes_from_the_audio_alone() -> None:
     assert not torch.allclose(*velocities(seen, mouth))
     old = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "mouth_cache"}
     assert GeneratorConfig.from_dict(old).mouth_cache
+
+
+def test_the_teacher_runs_behind_the_run_time_interface(built: Path) -> None:
+    """``make eval`` scores the teacher through the run-time's streaming session (it crashed
+    twice when the runner interface grew: the noise scale, then the noise memory)."""
+    from vivify.export.evaluate import TorchRunner, streaming_session
+
+    runner = TorchRunner(built / "teacher.pt")
+    audio = (0.05 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
+    out = streaming_session(runner, seed=0).drive(audio)
+    assert out.shape == (13, 19) and np.isfinite(out).all()
