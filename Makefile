@@ -164,8 +164,8 @@ data: export-deps data-deps
 # One core each (the other is left to the machine's other jobs). Fixed step counts, so a run is
 # reproducible from its seed; WINDOW and LOOKAHEAD are the shipped model's W and L
 # (docs/generator.md, revision 4: W = 1, L = 1 keeps onset → mouth within 250 ms). Since
-# revision 5 the model does not see its cache's mouth (GeneratorConfig.mouth_cache) and the
-# calibration samples the mouth with noise × 0.3 (export/calibrate.py).
+# revision 5 the model does not see its cache's mouth (GeneratorConfig.mouth_cache); since
+# revision 6 the calibration samples the mouth with noise × 0.5 (export/calibrate.py's default).
 WINDOW ?= 1
 LOOKAHEAD ?= 1
 RECIPE_FLAGS := --closure-boost 0.3 --seed 0

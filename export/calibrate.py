@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exclude", default="", metavar="KINDS",
                    help="comma-separated clip kinds not fitted on (as the model was trained)")
-    p.add_argument("--mouth-noise", type=float, default=0.3,
+    p.add_argument("--mouth-noise", type=float, default=0.5,
                    help="factor on the mouth dims' sampling noise, stored in the manifest and "
-                        "used for the fit (0.3 chosen on the validation split and training "
-                        "sung clips: docs/generator.md, revision 5)")
+                        "used for the fit (0.5 chosen on the inner voice split and training "
+                        "sung clips: docs/generator.md, revision 6)")
     p.add_argument("--press-noise", type=float, default=None,
                    help="the lip press's own noise factor (default: --mouth-noise)")
     p.add_argument("--noise-memory", type=float, default=0.0,
