@@ -14,6 +14,12 @@ nearly straight, so 2 Euler steps from a teacher-initialised network get close b
 training; and unlike progressive distillation it needs one round, unlike consistency
 distillation no schedule of target networks — it fits a 2-core CPU budget. Guidance is
 distilled in: the student evaluates one branch per step (half the cost again).
+
+Several teachers (``--teacher`` repeated: the same recipe from different seeds) make an
+*ensemble* target: each pair's x0 is the mean of the teachers' samples from the same noise and
+context. Every teacher approximates the same flow, so the mean keeps what they agree on and
+averages out what one seed learned by chance (its quirks on voices unlike the training ones);
+the student still costs one network, initialised from the first teacher.
 """
 
 from __future__ import annotations
@@ -35,10 +41,13 @@ PAIR_BATCH = 512
 
 
 @torch.no_grad()
-def make_pairs(teacher: MotionFlow, data: WindowSampler, n: int, seed: int
+def make_pairs(teachers: list[MotionFlow], data: WindowSampler, n: int, seed: int
                ) -> dict[str, torch.Tensor]:
     """``n`` (context, noise, teacher sample) triples; the cache is noise-augmented as in
-    training so the student also learns to follow slightly wrong caches."""
+    training so the student also learns to follow slightly wrong caches. With several
+    teachers the sample is their mean from the same noise (the first one's config and
+    normalisation frame the pairs; :func:`check_ensemble` makes sure they all agree)."""
+    teacher = teachers[0]
     cfg = teacher.cfg
     rng = np.random.default_rng([seed, 1])
     gen = torch.Generator().manual_seed(seed + 1)
@@ -51,8 +60,9 @@ def make_pairs(teacher: MotionFlow, data: WindowSampler, n: int, seed: int
         past = teacher.denormalise(noisy_past(teacher.normalise(batch["past"]), torch.ones(()),
                                               teacher.past_noise_scale(), gen))
         noise = torch.randn((b, cfg.window, cfg.motion_dim), generator=gen)
-        x0 = sample_euler(teacher, noise, past, batch["mel"], batch["controls"],
-                          cfg.teacher_steps, cfg.cfg_scale)
+        x0 = torch.stack([sample_euler(t, noise, past, batch["mel"], batch["controls"],
+                                       cfg.teacher_steps, cfg.cfg_scale)
+                          for t in teachers]).mean(dim=0)
         for k, v in (("mel", batch["mel"]), ("past", past), ("controls", batch["controls"]),
                      ("noise", noise), ("x0", x0)):
             parts[k].append(v)
@@ -60,16 +70,31 @@ def make_pairs(teacher: MotionFlow, data: WindowSampler, n: int, seed: int
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
-def distill(teacher_path: Path, corpus: Path, out: Path, n_pairs: int, steps: int, batch: int,
-            lr: float, seed: int, max_minutes: float = 0.0, closure_boost: float = 0.0,
-            exclude: tuple[str, ...] = ()) -> dict:
+def check_ensemble(teachers: list[MotionFlow]) -> None:
+    """Teachers averaged into one target must share the config and the motion normalisation
+    (same recipe, same corpus, other seeds); anything else would average different things."""
+    first = teachers[0]
+    for other in teachers[1:]:
+        if other.cfg != first.cfg:
+            raise ValueError("ensemble teachers differ in config; train them with one recipe")
+        if not (torch.equal(other.mean, first.mean) and torch.equal(other.std, first.std)):
+            raise ValueError("ensemble teachers differ in motion normalisation; "
+                             "train them on one corpus with the same --exclude")
+
+
+def distill(teacher_paths: Path | list[Path], corpus: Path, out: Path, n_pairs: int,
+            steps: int, batch: int, lr: float, seed: int, max_minutes: float = 0.0,
+            closure_boost: float = 0.0, exclude: tuple[str, ...] = ()) -> dict:
     torch.manual_seed(seed)
-    teacher = load(teacher_path)
+    paths = [teacher_paths] if isinstance(teacher_paths, Path) else list(teacher_paths)
+    teachers = [load(p) for p in paths]
+    check_ensemble(teachers)
+    teacher = teachers[0]
     cfg = teacher.cfg
     data = WindowSampler(corpus, cfg, closure_boost=closure_boost,
                          exclude=exclude)  # as the teacher saw
     t0 = time.perf_counter()
-    pairs = make_pairs(teacher, data, n_pairs, seed)
+    pairs = make_pairs(teachers, data, n_pairs, seed)
     pair_seconds = time.perf_counter() - t0
     print(json.dumps({"pairs": n_pairs, "seconds": pair_seconds}), flush=True)
     student = Student(copy.deepcopy(teacher)).train()
@@ -94,8 +119,9 @@ def distill(teacher_path: Path, corpus: Path, out: Path, n_pairs: int, steps: in
             print(json.dumps(history[-1]), flush=True)
             running = 0.0
     info = {"method": "reflow-style direct distillation of the unrolled 2-step Euler sampler",
-            "pairs": n_pairs, "pair_seconds": pair_seconds, "steps": done,
-            "planned_steps": steps, "max_minutes": max_minutes, "batch": batch,
+            "teachers": [str(p) for p in paths], "pairs": n_pairs,
+            "pair_seconds": pair_seconds, "steps": done, "planned_steps": steps,
+            "max_minutes": max_minutes, "batch": batch,
             "lr": lr, "seed": seed, "seconds": time.perf_counter() - t0, "history": history}
     save(out, student.flow.eval(), {"distill": info})
     return info
@@ -103,7 +129,9 @@ def distill(teacher_path: Path, corpus: Path, out: Path, n_pairs: int, steps: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teacher", type=Path, default=Path("artifacts/generator/teacher.pt"))
+    p.add_argument("--teacher", type=Path, action="append", default=None,
+                   help="teacher checkpoint; repeat for an ensemble target (default: "
+                        "artifacts/generator/teacher.pt)")
     p.add_argument("--corpus", type=Path, default=Path("artifacts/generator/corpus"))
     p.add_argument("--out", type=Path, default=Path("artifacts/generator/student.pt"))
     p.add_argument("--pairs", type=int, default=32768)
@@ -120,7 +148,8 @@ def main() -> None:
                    help="time budget of the student's training (pairs not counted); 0 = none")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    info = distill(args.teacher, args.corpus, args.out, args.pairs, args.steps, args.batch,
+    teachers = args.teacher or [Path("artifacts/generator/teacher.pt")]
+    info = distill(teachers, args.corpus, args.out, args.pairs, args.steps, args.batch,
                    args.lr, args.seed, args.max_minutes, args.closure_boost,
                    tuple(k for k in args.exclude.split(",") if k))
     print(f"student saved to {args.out} after {info['seconds']:.0f} s")

@@ -177,3 +177,33 @@ def test_the_teacher_runs_behind_the_run_time_interface(built: Path) -> None:
     audio = (0.05 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32)
     out = streaming_session(runner, seed=0).drive(audio)
     assert out.shape == (13, 19) and np.isfinite(out).all()
+
+
+def test_an_ensemble_target_is_the_mean_of_its_teachers(built: Path) -> None:
+    """``distill --teacher A --teacher B``: each pair's target is the mean of the teachers'
+    samples from the same noise and context; one teacher gives exactly the plain pairs, and
+    teachers from other recipes (another config) are refused before any work."""
+    import dataclasses
+
+    from vivify.engines.motion.generator_config import TINY
+    from vivify.engines.runtimes.torch_models.generator import MotionFlow
+    from vivify.export.dataset import WindowSampler
+    from vivify.export.distill import check_ensemble, distill, make_pairs
+    from vivify.export.train import load, train
+
+    other_path = built / "teacher-seed1.pt"
+    train(built / "corpus", other_path, TINY, steps=8, batch=16, lr=1e-3, seed=1, log_every=4)
+    first, other = load(built / "teacher.pt"), load(other_path)
+    data = WindowSampler(built / "corpus", TINY)
+    a, b = (make_pairs([t], data, 16, seed=3) for t in (first, other))
+    both = make_pairs([first, other], data, 16, seed=3)
+    assert torch.equal(both["noise"], a["noise"]) and torch.equal(both["mel"], b["mel"])
+    assert not torch.allclose(a["x0"], b["x0"])  # two seeds do differ
+    torch.testing.assert_close(both["x0"], (a["x0"] + b["x0"]) / 2)
+
+    info = distill([built / "teacher.pt", other_path], built / "corpus", built / "ens.pt",
+                   n_pairs=16, steps=2, batch=8, lr=1e-4, seed=0)
+    assert info["teachers"] == [str(built / "teacher.pt"), str(other_path)]
+    wider = MotionFlow(dataclasses.replace(TINY, d_model=TINY.d_model * 2))
+    with pytest.raises(ValueError, match="config"):
+        check_ensemble([first, wider])
