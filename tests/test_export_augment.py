@@ -39,12 +39,13 @@ def f0(x: np.ndarray) -> float:
     return RATE / (40 + good[0])
 
 
-@pytest.mark.parametrize("name", ["vtlp", "pitch", "eq", "phone"])
+@pytest.mark.parametrize("name", ["vtlp", "pitch", "eq", "phone", "vocoder"])
 def test_same_length_level_and_finite(name: str) -> None:
     x = vowel()
     rng = np.random.default_rng(0)
     y = {"vtlp": lambda: aug.vtlp(x, 1.1), "pitch": lambda: aug.pitch_shift(x, 3.0),
-         "eq": lambda: aug.equalise(x, rng), "phone": lambda: aug.phone_line(x)}[name]()
+         "eq": lambda: aug.equalise(x, rng), "phone": lambda: aug.phone_line(x),
+         "vocoder": lambda: aug.vocode(x, rng)}[name]()
     assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
     rms = lambda a: float(np.sqrt(np.mean(a.astype(np.float64) ** 2)))  # noqa: E731
     assert rms(y) == pytest.approx(rms(x), rel=0.05)
@@ -67,6 +68,32 @@ def test_pitch_shift_moves_f0_on_the_same_timeline() -> None:
     assert env[:7000].max() < 0.2 * env[8500:11500].max()
 
 
+def periodicity(x: np.ndarray) -> float:
+    """The best normalised autocorrelation at a pitch lag (60–400 Hz) of the middle 0.25 s."""
+    seg = x[4000:8000].astype(np.float64)
+    c = np.correlate(seg, seg, mode="full")[seg.size - 1:]
+    return float(c[40:267].max() / c[0])
+
+
+def test_the_vocoder_keeps_envelope_pitch_and_timeline_and_replaces_the_source() -> None:
+    """A parametric voice: the vowel's formants and pitch survive, the waveform is new (a
+    pulse train through the LPC envelope), noise stays noise, and nothing moves in time."""
+    x = vowel(f0=120.0, formants=(700.0, 1200.0, 2600.0))
+    y = aug.vocode(x, np.random.default_rng(0))
+    assert spectrum_peak(y, 450, 950) == pytest.approx(700.0, rel=0.08)
+    assert spectrum_peak(y, 2200, 3000) == pytest.approx(2600.0, rel=0.08)
+    assert f0(y) == pytest.approx(120.0, rel=0.04)
+    assert abs(float(np.corrcoef(x[2000:-2000], y[2000:-2000])[0, 1])) < 0.5
+    noise = (0.1 * np.random.default_rng(1).standard_normal(RATE)).astype(np.float32)
+    assert periodicity(aug.vocode(noise, np.random.default_rng(2))) < 0.3
+    assert periodicity(y) > 0.7  # the source was given up to 30 % noise
+    on = np.zeros(RATE, np.float32)
+    on[8000:12000] = x[:4000]
+    env = np.abs(aug.vocode(on, np.random.default_rng(3)))
+    assert env[:7400].max() < 0.05 * env[8500:11500].max()
+    assert env[12600:].max() < 0.05 * env[8500:11500].max()
+
+
 def test_phone_line_is_band_limited() -> None:
     rng = np.random.default_rng(1)
     noise = (rng.standard_normal(RATE) * 0.1).astype(np.float32)
@@ -83,7 +110,7 @@ def test_the_chain_is_deterministic_and_names_what_it_did() -> None:
     seen: set[str] = set()
     for seed in range(40):
         seen |= set(aug.augment(vowel(seconds=0.5), np.random.default_rng(seed))[1])
-    assert {"vtlp", "pitch", "eq", "noise"} <= seen
+    assert {"vocoder", "vtlp", "pitch", "eq", "noise"} <= seen
 
 
 def test_opus_at_8_kbps_keeps_the_timeline() -> None:
