@@ -110,7 +110,11 @@ def test_the_chain_is_deterministic_and_names_what_it_did() -> None:
     seen: set[str] = set()
     for seed in range(40):
         seen |= set(aug.augment(vowel(seconds=0.5), np.random.default_rng(seed))[1])
-    assert {"vocoder", "vtlp", "pitch", "eq", "noise"} <= seen
+    assert {"vtlp", "pitch", "eq", "noise"} <= seen
+    assert "vocoder" not in seen  # off unless asked for (the shipped recipe's corpus)
+    chains = [aug.augment(vowel(seconds=0.5), np.random.default_rng(s), vocoder=1.0)[1]
+              for s in range(6)]
+    assert any(chains) and all(c[0] == "vocoder" for c in chains if c)  # the voice first
 
 
 def test_opus_at_8_kbps_keeps_the_timeline() -> None:

@@ -104,8 +104,8 @@ def test_corpus_clip_is_reproducible() -> None:
     es = Espeak()
     u1, u2 = es.say("Maybe bob.", "en-us"), es.say("Maybe bob.", "en-us")
     assert [p[:2] for p in u1.phonemes[:-1]] == [p[:2] for p in u2.phonemes[:-1]]
-    a = make_clip(("eval", "speech", 3, 0))
-    b = make_clip(("eval", "speech", 3, 0))
+    a = make_clip(("eval", "speech", 3, 0, 0.0))
+    b = make_clip(("eval", "speech", 3, 0, 0.0))
     n = min(len(a["labels"]), len(b["labels"]))
     assert abs(len(a["labels"]) - len(b["labels"])) <= 1
     assert np.mean(a["classes"][:n] == b["classes"][:n]) > 0.97

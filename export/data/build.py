@@ -141,13 +141,14 @@ def _klettres_speech(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[f
     return x, segs, f"klettres:{language}"
 
 
-def _channel(x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+def _channel(x: np.ndarray, rng: np.random.Generator, vocoder: float = 0.0
+             ) -> tuple[np.ndarray, list[str]]:
     """Room noise sometimes, then the augmentation chain, then gain (training clips)."""
     applied: list[str] = []
     if rng.uniform() < 0.3:
         x = x + aug.room_noise(x.size, float(rng.uniform(*ROOM_NOISE_DBFS)), rng)
         applied.append("room")
-    x, more = aug.augment(x, rng)
+    x, more = aug.augment(x, rng, vocoder)
     return aug.apply_gain(x, rng), applied + more
 
 
@@ -156,8 +157,8 @@ def _language(voice: str) -> str:
     return "en" if base.startswith("en") else base.split("-")[0]
 
 
-def _speech(voice: str, sentence_ids: list[int], rng: np.random.Generator, clean: bool
-            ) -> tuple[np.ndarray, list[tuple[float, float, str]], list[str]]:
+def _speech(voice: str, sentence_ids: list[int], rng: np.random.Generator, clean: bool,
+            vocoder: float = 0.0) -> tuple[np.ndarray, list[tuple[float, float, str]], list[str]]:
     """One or two sentences separated by a pause, with leading and trailing silence."""
     es = _espeak()
     parts: list[np.ndarray] = []
@@ -188,7 +189,7 @@ def _speech(voice: str, sentence_ids: list[int], rng: np.random.Generator, clean
         if rng.uniform() < 0.3:
             x = x + aug.room_noise(x.size, float(rng.uniform(*ROOM_NOISE_DBFS)), rng)
             applied.append("room")
-        x, more = aug.augment(x, rng)
+        x, more = aug.augment(x, rng, vocoder)
         applied += more
         x = aug.apply_gain(x, rng)
     return x, segs, applied
@@ -215,9 +216,10 @@ def _sung(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[float, float
     return x, [(lead, lead + y.size / RATE, vowel)]
 
 
-def make_clip(job: tuple[str, str, int, int]) -> dict:
-    """One clip: (split, kind, index, seed) → features, labels, classes, controls."""
-    split, kind, index, seed = job
+def make_clip(job: tuple[str, str, int, int, float]) -> dict:
+    """One clip: (split, kind, index, seed, vocoder share) → features, labels, classes,
+    controls."""
+    split, kind, index, seed, vocoder = job
     rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
     clean = split == "eval"
     voices = TRAIN_VOICES if split == "train" else EVAL_VOICES
@@ -228,10 +230,10 @@ def make_clip(job: tuple[str, str, int, int]) -> dict:
         voice = voices[index % len(voices)]
         n_sent = 1 if rng.uniform() < 0.6 else 2
         ids = [base + int(rng.integers(0, 100_000)) for _ in range(n_sent)]
-        x, segs, applied = _speech(voice, ids, rng, clean)
+        x, segs, applied = _speech(voice, ids, rng, clean, vocoder)
     elif kind in ("festival", "klettres"):
         x, segs, voice = (_festival_speech if kind == "festival" else _klettres_speech)(rng)
-        x, applied = _channel(x, rng)
+        x, applied = _channel(x, rng, vocoder)
     elif kind == "silence":
         x, segs = _silence(rng)
     else:
@@ -261,18 +263,18 @@ def _source_available(kind: str) -> bool:
     return True
 
 
-def build(out: Path, seed: int, scale: float, workers: int) -> dict:
+def build(out: Path, seed: int, scale: float, workers: int, vocoder: float = 0.0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"seed": seed, "scale": scale}
+    summary: dict = {"seed": seed, "scale": scale, "vocoder": vocoder}
     t0 = time.perf_counter()
     for split, counts in DEFAULT_COUNTS.items():
-        jobs: list[tuple[str, str, int, int]] = []
+        jobs: list[tuple[str, str, int, int, float]] = []
         for kind, n in counts.items():
             if not _source_available(kind):
                 summary.setdefault("missing_sources", []).append(kind)
                 continue
             n_scaled = max(2, round(n * scale))
-            jobs += [(split, kind, len(jobs) + i, seed) for i in range(n_scaled)]
+            jobs += [(split, kind, len(jobs) + i, seed, vocoder) for i in range(n_scaled)]
         with get_context("fork").Pool(workers) as pool:
             clips = pool.map(make_clip, jobs, chunksize=4)
         lengths = np.array([len(c["labels"]) for c in clips])
@@ -293,7 +295,8 @@ def build(out: Path, seed: int, scale: float, workers: int) -> dict:
         np.savez(out / f"{split}.npz", allow_pickle=True, **arrays)
         summary[split] = {"clips": len(clips), "frames": int(lengths.sum()),
                           "hours": float(lengths.sum() / 25 / 3600),
-                          "augmented": sum(bool(c["meta"]["augment"]) for c in clips)}
+                          "augmented": sum(bool(c["meta"]["augment"]) for c in clips),
+                          "vocoded": sum("vocoder" in c["meta"]["augment"] for c in clips)}
     summary["seconds"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -305,8 +308,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the default clip counts")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--vocoder", type=float, default=0.0, metavar="SHARE",
+                   help="share of augmented clips re-spoken by a parametric vocoder "
+                        "(augment.vocode; 0 = none, the shipped recipe)")
     args = p.parse_args()
-    print(json.dumps(build(args.out, args.seed, args.scale, args.workers), indent=2))
+    print(json.dumps(build(args.out, args.seed, args.scale, args.workers, args.vocoder),
+                     indent=2))
 
 
 if __name__ == "__main__":
