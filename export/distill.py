@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +83,11 @@ def check_ensemble(teachers: list[MotionFlow]) -> None:
                              "train them on one corpus with the same --exclude")
 
 
-def distill(teacher_paths: Path | list[Path], corpus: Path, out: Path, n_pairs: int,
+def distill(teacher_paths: Sequence[Path], corpus: Path, out: Path, n_pairs: int,
             steps: int, batch: int, lr: float, seed: int, max_minutes: float = 0.0,
             closure_boost: float = 0.0, exclude: tuple[str, ...] = ()) -> dict:
     torch.manual_seed(seed)
-    paths = [teacher_paths] if isinstance(teacher_paths, Path) else list(teacher_paths)
+    paths = list(teacher_paths)
     teachers = [load(p) for p in paths]
     check_ensemble(teachers)
     teacher = teachers[0]

@@ -30,7 +30,7 @@ def built(tmp_path_factory) -> Path:
     build(root / "corpus", seed=0, scale=0.01, workers=1)
     train(root / "corpus", root / "teacher.pt", TINY, steps=8, batch=16, lr=1e-3, seed=0,
           log_every=4)
-    distill(root / "teacher.pt", root / "corpus", root / "student.pt", n_pairs=32, steps=4,
+    distill([root / "teacher.pt"], root / "corpus", root / "student.pt", n_pairs=32, steps=4,
             batch=8, lr=1e-4, seed=0)
     export(root / "student.pt", root / "models")
     return root

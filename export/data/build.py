@@ -184,14 +184,9 @@ def _speech(voice: str, sentence_ids: list[int], rng: np.random.Generator, clean
         t += audio.size / RATE
     parts.append(np.zeros(int(rng.uniform(*LEAD_S) * RATE), np.float32))
     x = np.concatenate(parts)
-    applied: list[str] = []
-    if not clean:
-        if rng.uniform() < 0.3:
-            x = x + aug.room_noise(x.size, float(rng.uniform(*ROOM_NOISE_DBFS)), rng)
-            applied.append("room")
-        x, more = aug.augment(x, rng, vocoder)
-        applied += more
-        x = aug.apply_gain(x, rng)
+    if clean:
+        return x, segs, []
+    x, applied = _channel(x, rng, vocoder)
     return x, segs, applied
 
 
