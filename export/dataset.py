@@ -42,6 +42,9 @@ class WindowSampler:
         self.features = np.concatenate([feats, silence_features()[None], tails])
         self.silence_row = feats.shape[0]
         self.tail_rows = self.silence_row + 1
+        # each feature row's frame class; the padding rows (before and after a clip) are silence
+        self.frame_classes = np.concatenate([d["classes"].astype(np.int64), np.full(
+            1 + tails.shape[0], SILENCE_CLASS, np.int64)])
         self.labels = np.concatenate([d["labels"], np.zeros((1, d["labels"].shape[1]),
                                                              np.float32)])  # last row: rest
         self.rest_row = d["labels"].shape[0]
@@ -88,6 +91,7 @@ class WindowSampler:
             "past": torch.from_numpy(self.labels[p_idx]),  # (B, K, M)
             "target": torch.from_numpy(self.labels[x_idx]),  # (B, W, M)
             "controls": torch.from_numpy(self.controls[clip]),  # (B, C)
+            "classes": torch.from_numpy(self.frame_classes[a_idx]),  # (B, T) of the audio
         }
 
 

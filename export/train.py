@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vivify.engines.motion.feature_norm import corpus_prior
 from vivify.engines.motion.generator_config import TINY, GeneratorConfig
@@ -61,7 +62,7 @@ def flow_loss(model: MotionFlow, batch: dict[str, torch.Tensor], gen: torch.Gene
     b = batch["target"].shape[0]
     target = model.normalise(batch["target"])  # (B, W, M)
     past_clean = model.normalise(batch["past"])  # (B, K, M)
-    audio = model.encode(batch["mel"])
+    audio = encoded = model.encode(batch["mel"])
     mu = model.prior_mean(audio)  # (B, 1 + W, M) audio-only regression (zeros without a prior)
     if cfg.prior:  # frame s − 1 is the last cached label (rest before the clip)
         prev = past_clean[:, -1:] if cfg.cache else mu[:, :1].detach()
@@ -79,7 +80,18 @@ def flow_loss(model: MotionFlow, batch: dict[str, torch.Tensor], gen: torch.Gene
     keep = audio_on[:, None, None]
     audio = keep * audio + (1 - keep) * model.null_audio
     v = model.velocity(xt, t, past_n, audio, batch["controls"], mu)
-    return torch.mean((v - (eps - x0)) ** 2) + cfg.prior_weight * prior_loss
+    loss = torch.mean((v - (eps - x0)) ** 2) + cfg.prior_weight * prior_loss
+    if cfg.closure_head:
+        loss = loss + cfg.closure_head * frame_class_loss(model, encoded, batch["classes"])
+    return loss
+
+
+def frame_class_loss(model: MotionFlow, encoded: torch.Tensor, classes: torch.Tensor
+                     ) -> torch.Tensor:
+    """Cross-entropy of the auxiliary head's frame classes on the encoded audio (B, T, D)
+    against the labels' classes (B, T): the real audio's encoding, never the null one."""
+    logits = model.frame_logits(encoded)
+    return F.cross_entropy(logits.flatten(0, 1), classes.flatten())
 
 
 def save(path: Path, model: MotionFlow, extra: dict) -> None:
@@ -173,6 +185,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=None, help="transformer blocks")
     p.add_argument("--mouth-cache", action="store_true",
                    help="let the model see the cache's mouth dims (before revision 5)")
+    p.add_argument("--closure-head", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the auxiliary frame-class head (speech/silence/bilabial)")
     p.add_argument("--feature-norm", action="store_true",
                    help="causal per-stream feature normalisation (engines/motion/feature_norm)")
     args = p.parse_args()
@@ -181,7 +195,8 @@ def main() -> None:
     shape = {k: v for k, v in (("lookahead", args.lookahead), ("window", args.window),
                                ("d_model", args.d_model), ("n_layers", args.layers))
              if v is not None}
-    cfg = dataclasses.replace(cfg, **shape, mouth_cache=args.mouth_cache)
+    cfg = dataclasses.replace(cfg, **shape, mouth_cache=args.mouth_cache,
+                              closure_head=args.closure_head)
     exclude = tuple(k for k in args.exclude.split(",") if k)
     if args.feature_norm:
         cfg = dataclasses.replace(cfg, norm_prior=speech_prior(args.corpus, exclude))

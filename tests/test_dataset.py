@@ -98,3 +98,21 @@ def test_normalised_windows_are_the_streams_own(corpus: Path) -> None:
     assert not np.array_equal(tail, silence_features())
     start = sampler.gather(np.array([1]), np.array([0]))["mel"].numpy()[0].reshape(-1, 4, 40)
     assert np.array_equal(start[:8], np.repeat(silence_features()[None], 8, axis=0))
+
+
+def test_each_audio_frame_carries_its_class(corpus: Path) -> None:
+    """The auxiliary head's targets: one class per audio context frame, the clip's own inside
+    it and silence for the padding before and after it (as the run-time pads with silence)."""
+    from vivify.engines.motion.generator_config import GeneratorConfig
+    from vivify.export.dataset import BILABIAL_CLASS, SILENCE_CLASS, WindowSampler
+
+    cfg = GeneratorConfig()  # A = 8, W + L = 4: frames s − 8 … s + 3
+    sampler = WindowSampler(corpus, cfg)
+    classes = sampler.gather(np.array([0, 0, 1]), np.array([2, 8, 38]))["classes"].numpy()
+    assert classes.shape == (3, cfg.context_frames)
+    # clip 0 from frame 2: frames −6…−1 are the padding before it, 0…5 speech
+    assert classes[0].tolist() == [SILENCE_CLASS] * 6 + [0] * 6
+    # from frame 8: frames 0…9 speech, the closure at 10, 11
+    assert classes[1].tolist() == [0] * 10 + [BILABIAL_CLASS] * 2
+    # clip 1 from frame 38: its frames 30…39, then 40, 41 past its end (the padding after it)
+    assert classes[2].tolist() == [0] * 10 + [SILENCE_CLASS] * 2

@@ -207,3 +207,61 @@ def test_an_ensemble_target_is_the_mean_of_its_teachers(built: Path) -> None:
     wider = MotionFlow(dataclasses.replace(TINY, d_model=TINY.d_model * 2))
     with pytest.raises(ValueError, match="config"):
         check_ensemble([first, wider])
+
+
+def test_the_closure_head_trains_the_encoder_and_stays_out_of_the_graph(built: Path) -> None:
+    """``closure_head`` > 0: the teacher's loss gains exactly weight × the head's
+    cross-entropy on the encoded audio, whose gradient reaches the encoder and not the
+    denoiser; the head is not part of the exported student, and the torch twin still rebuilds
+    the student from the ONNX file alone."""
+    import copy
+    import dataclasses
+
+    import onnx
+    import onnxruntime as ort
+
+    from vivify.engines.motion.generator import INPUT_NAMES
+    from vivify.engines.motion.generator_config import TINY
+    from vivify.engines.runtimes import ModelManifest
+    from vivify.engines.runtimes.torch_models.generator import MotionFlow
+    from vivify.engines.runtimes.torch_models.generator_twin import GeneratorTwin
+    from vivify.export.dataset import WindowSampler
+    from vivify.export.distill import distill
+    from vivify.export.onnx_export import export
+    from vivify.export.train import flow_loss, frame_class_loss, train
+
+    cfg = dataclasses.replace(TINY, closure_head=0.5)
+    torch.manual_seed(0)
+    model = MotionFlow(cfg)
+    plain = copy.deepcopy(model)
+    plain.cfg = TINY
+    batch = WindowSampler(built / "corpus", cfg).sample(16, np.random.default_rng(0))
+    with_head = flow_loss(model, batch, torch.Generator().manual_seed(5))
+    without = flow_loss(plain, batch, torch.Generator().manual_seed(5))
+    ce = frame_class_loss(model, model.encode(batch["mel"]), batch["classes"])
+    torch.testing.assert_close(with_head, without + 0.5 * ce)
+    ce.backward()
+    assert model.encoder.inp.weight.grad is not None
+    assert float(model.encoder.inp.weight.grad.abs().max()) > 0.0
+    assert all(p.grad is None for p in model.blocks.parameters())
+
+    train(built / "corpus", built / "aux.pt", cfg, steps=8, batch=16, lr=1e-3, seed=0,
+          log_every=4)
+    distill([built / "aux.pt"], built / "corpus", built / "aux-student.pt", n_pairs=32,
+            steps=2, batch=8, lr=1e-4, seed=0)
+    export(built / "aux-student.pt", built / "aux-models")
+    manifest = ModelManifest.load(built / "aux-models" / "motion_generator.json")
+    graph = onnx.load(str(manifest.onnx_path)).graph
+    assert not [i.name for i in graph.initializer if "frame_head" in i.name]
+    feeds = {"mel": np.random.default_rng(1).random((2, 4 * cfg.context_frames, cfg.n_mels),
+                                                    ).astype(np.float32) - 1.0,
+             "past": np.zeros((2, cfg.cache, cfg.motion_dim), np.float32),
+             "controls": np.zeros((2, cfg.control_dim), np.float32),
+             "noise": np.random.default_rng(2).standard_normal(
+                 (2, cfg.window, cfg.motion_dim)).astype(np.float32)}
+    ref = ort.InferenceSession(str(manifest.onnx_path),
+                               providers=["CPUExecutionProvider"]).run(["motion"], feeds)[0]
+    with torch.no_grad():
+        got = GeneratorTwin.from_manifest(manifest)(
+            *[torch.from_numpy(feeds[n]) for n in INPUT_NAMES]).numpy()
+    assert float(np.abs(got - ref).max()) <= 1e-4

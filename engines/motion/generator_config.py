@@ -49,6 +49,11 @@ class GeneratorConfig:
     norm_prior: tuple[float, ...] = ()
     prior: bool = True  # audio-only regression prior for the window; the flow adds a residual
     prior_weight: float = 1.0  # weight of the prior's MSE in the teacher's loss
+    # Weight of an auxiliary frame-class head's cross-entropy in the teacher's loss (0 = no
+    # head): every encoded audio frame also predicts speech / silence / bilabial closure, so
+    # the encoder must find the closure in the audio itself rather than only through what the
+    # motion loss rewards (issue 13). Training only; the student's graph does not use it.
+    closure_head: float = 0.0
     fps: int = FPS
     n_mels: int = N_MELS
     mels_per_frame: int = MELS_PER_FRAME
@@ -72,6 +77,8 @@ class GeneratorConfig:
             raise ValueError(f"norm_prior needs {self.n_mels} values, got {len(self.norm_prior)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must divide by n_heads ({self.n_heads})")
+        if self.closure_head < 0.0:
+            raise ValueError(f"closure_head must be ≥ 0, got {self.closure_head}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be within 0..1, got {self.cond_drop}")
         if self.student_steps > 2 or self.teacher_steps < 32:

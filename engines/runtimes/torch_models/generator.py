@@ -16,6 +16,8 @@ from torch import nn
 
 from vivify.engines.motion.generator_config import MOUTH_DIMS, GeneratorConfig
 
+N_FRAME_CLASSES = 3  # export.data.labels.frame_classes: speech, silence, bilabial closure
+
 
 class CausalConv(nn.Module):
     """Conv1d over time that only looks back (left padding), with a residual and GELU."""
@@ -129,6 +131,8 @@ class MotionFlow(nn.Module):
                                        nn.Linear(4 * d, (cfg.window + 1) * m))
             self.mu_in = nn.Linear(m, d)
             self.anchor_in = nn.Linear(m, d)
+        if cfg.closure_head:  # auxiliary frame classes, see frame_logits
+            self.frame_head = nn.Linear(d, N_FRAME_CLASSES)
         self.register_buffer("mean", torch.zeros(m))
         self.register_buffer("std", torch.ones(m))
 
@@ -148,6 +152,12 @@ class MotionFlow(nn.Module):
         if not cfg.prior:
             return audio.new_zeros(audio.shape[0], cfg.window + 1, cfg.motion_dim)
         return self.prior(audio.flatten(1)).reshape(-1, cfg.window + 1, cfg.motion_dim)
+
+    def frame_logits(self, audio: torch.Tensor) -> torch.Tensor:
+        """Encoded audio (B, T, D) → per-frame class logits (B, T, N_FRAME_CLASSES): is the
+        frame speech, silence or a bilabial closure. A training signal for the encoder only
+        (``closure_head`` > 0); sampling never calls it, so it is not in the ONNX graph."""
+        return self.frame_head(audio)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, past_n: torch.Tensor,
                  audio: torch.Tensor, controls: torch.Tensor,

@@ -19,7 +19,9 @@ generally rather than by listing its names):
   the bias the following ``Add`` reads (``flow.x_in.bias`` → ``flow.x_in.weight`` = Bᵀ);
 * the second Euler step's copies of those MatMul weights are ``Identity`` aliases;
 * ``flow.null_audio`` is not in the graph: the student runs the conditional branch only
-  (guidance is distilled in), so the exporter pruned it. It is left at its initial value.
+  (guidance is distilled in), so the exporter pruned it. It is left at its initial value;
+  so is ``flow.frame_head``, the auxiliary frame-class head of a ``closure_head`` model, which
+  only trains the encoder.
 
 Any other parameter or buffer without a match, a shape mismatch, or two sources disagreeing is
 an error naming the key. The ONNX file's ``config`` metadata must equal the config given, so a
@@ -49,7 +51,11 @@ from vivify.engines.motion.generator_config import GeneratorConfig
 from vivify.engines.runtimes.torch_models.generator import MotionFlow, Student
 
 # Parameters the exported graph does not contain, with the reason (see the module docstring).
-NOT_IN_GRAPH = {"flow.null_audio": "unconditional branch only; the student's graph never reads it"}
+NOT_IN_GRAPH = {
+    "flow.null_audio": "unconditional branch only; the student's graph never reads it",
+    "flow.frame_head.weight": "auxiliary training head (closure_head); sampling never reads it",
+    "flow.frame_head.bias": "auxiliary training head (closure_head); sampling never reads it",
+}
 
 
 class TwinMismatchError(ValueError):
