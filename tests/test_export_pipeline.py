@@ -227,7 +227,7 @@ def test_the_closure_head_trains_the_encoder_and_stays_out_of_the_graph(built: P
     from vivify.engines.runtimes.torch_models.generator_twin import GeneratorTwin
     from vivify.export.dataset import WindowSampler
     from vivify.export.distill import distill
-    from vivify.export.onnx_export import export
+    from vivify.export.onnx_export import example_inputs, export
     from vivify.export.train import flow_loss, frame_class_loss, train
 
     cfg = dataclasses.replace(TINY, closure_head=0.5)
@@ -253,15 +253,10 @@ def test_the_closure_head_trains_the_encoder_and_stays_out_of_the_graph(built: P
     manifest = ModelManifest.load(built / "aux-models" / "motion_generator.json")
     graph = onnx.load(str(manifest.onnx_path)).graph
     assert not [i.name for i in graph.initializer if "frame_head" in i.name]
-    feeds = {"mel": np.random.default_rng(1).random((2, 4 * cfg.context_frames, cfg.n_mels),
-                                                    ).astype(np.float32) - 1.0,
-             "past": np.zeros((2, cfg.cache, cfg.motion_dim), np.float32),
-             "controls": np.zeros((2, cfg.control_dim), np.float32),
-             "noise": np.random.default_rng(2).standard_normal(
-                 (2, cfg.window, cfg.motion_dim)).astype(np.float32)}
+    inputs = example_inputs(cfg, 2, seed=1)
+    feeds = {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs, strict=True)}
     ref = ort.InferenceSession(str(manifest.onnx_path),
                                providers=["CPUExecutionProvider"]).run(["motion"], feeds)[0]
     with torch.no_grad():
-        got = GeneratorTwin.from_manifest(manifest)(
-            *[torch.from_numpy(feeds[n]) for n in INPUT_NAMES]).numpy()
+        got = GeneratorTwin.from_manifest(manifest)(*inputs).numpy()
     assert float(np.abs(got - ref).max()) <= 1e-4
